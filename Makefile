@@ -1,0 +1,28 @@
+# Two commands for a newcomer: `make demo` and `make test`. Each builds the venv it needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+
+.PHONY: install demo test test-slow bench clean
+
+$(BIN)/.installed: setup.cfg setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-slow: install
+	$(BIN)/python -m pytest -q --run-slow
+
+bench: install
+	$(BIN)/python bench/run_overhead.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info demo-tree

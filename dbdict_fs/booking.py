@@ -1,0 +1,391 @@
+"""The epoch-claim lock-file protocol (DESIGN.md 4): who may run or change a job.
+
+Everything that decides who holds a job lives in this file:
+
+* a claim is `claim.<E>`, made by link()ing a private token file: link never replaces, so
+  exactly one process wins epoch E (compare-and-swap on the state it read);
+* the holder of E writes only `state.<E>.yaml`; a newer epoch's state hides an older one,
+  so a fenced-out holder's late write can never regress the job;
+* the holder heartbeats by setting the claim's mtime; an observer judges the claim stale
+  after seeing (mtime, ctime) unchanged for the lease on its own CLOCK_BOOTTIME: no clocks
+  are compared across hosts;
+* the holder fences itself (writes nothing more) once its last good heartbeat is older
+  than L/2 on its own CLOCK_BOOTTIME, or once a newer claim exists.
+
+Host identity and the wall clock go through `Identity` and `wallclock()`: the one seam
+tests use to simulate other hosts (env DBDICT_HOST, DBDICT_BOOT_ID, DBDICT_CLOCK_OFFSET).
+"""
+
+import errno
+import json
+import os
+import secrets
+import socket
+import time
+
+from . import jobdir as jd
+from .errors import Fenced, NotRunnable, UsageError, WriteError
+
+DEFAULT_LEASE = 600.0
+DEFAULT_HEARTBEAT = 30.0
+RUNNABLE_AFTER_STALE = ("ready", "running")
+FINAL = ("done", "failed", "canceled")
+
+
+# ---------------------------------------------------------------- identity and clocks
+
+def boottime():
+    """Seconds on CLOCK_BOOTTIME: keeps counting through SIGSTOP and suspend, never jumps."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def wallclock():
+    """This host's wall clock (only ever recorded for people, never compared across hosts)."""
+    return time.time() + float(os.environ.get("DBDICT_CLOCK_OFFSET", "0") or 0)
+
+
+def utc_iso(t=None):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wallclock() if t is None else t))
+
+
+def _read_first_line(path):
+    try:
+        with open(path) as f:
+            return f.readline().strip()
+    except OSError:
+        return ""
+
+
+class Identity:
+    """Who this process is, as other processes judge it: host, boot and pid namespace.
+
+    Two processes may treat each other's pids as meaningful only when boot_id and pid
+    namespace are equal. DBDICT_HOST / DBDICT_BOOT_ID override them (simulated hosts).
+    """
+
+    __slots__ = ("host", "boot_id", "pidns")
+
+    def __init__(self, host, boot_id, pidns):
+        self.host, self.boot_id, self.pidns = host, boot_id, pidns
+
+    @classmethod
+    def current(cls):
+        host = os.environ.get("DBDICT_HOST") or socket.gethostname()
+        boot_id = os.environ.get("DBDICT_BOOT_ID") or _read_first_line("/proc/sys/kernel/random/boot_id")
+        if os.environ.get("DBDICT_HOST") and not os.environ.get("DBDICT_BOOT_ID"):
+            boot_id = f"{boot_id}:{host}"  # a simulated host has its own boot
+        try:
+            pidns = os.readlink("/proc/self/ns/pid")
+        except OSError:
+            pidns = ""
+        return cls(host, boot_id, pidns)
+
+    def same_machine(self, token):
+        return bool(self.boot_id) and token.get("boot_id") == self.boot_id and token.get("pidns") == self.pidns
+
+
+def process_start_ticks(pid):
+    """Field 22 of /proc/<pid>/stat: tells a pid from a later process that reused it."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            data = f.read()
+    except (OSError, ValueError):
+        return None
+    try:
+        return int(data[data.rindex(b")") + 2:].split()[19])
+    except (ValueError, IndexError):
+        return None
+
+
+def _alive(pid, start_ticks):
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    ticks = process_start_ticks(pid)
+    return ticks is not None and (start_ticks is None or ticks == start_ticks)
+
+
+def _group_alive(pgid):
+    if not isinstance(pgid, int) or pgid <= 1:
+        return False
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ---------------------------------------------------------------- options
+
+def check_timing(lease, heartbeat):
+    """Reject lease/heartbeat pairs that would break fencing (H must be <= L/5)."""
+    for name, value in (("lease", lease), ("heartbeat", heartbeat)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
+            raise UsageError(f"--{name} must be a positive number of seconds, not {value!r}")
+    if heartbeat > lease / 5:
+        raise UsageError(f"--heartbeat {heartbeat:g} is more than a fifth of --lease {lease:g}: "
+                         f"a worker could be judged dead while alive")
+
+
+# ---------------------------------------------------------------- claiming
+
+def make_token(identity, lease, heartbeat, purpose, worker=None):
+    pid = os.getpid()
+    return {
+        "host": identity.host, "boot_id": identity.boot_id, "pidns": identity.pidns,
+        "pid": pid, "start_ticks": process_start_ticks(pid), "worker": worker or f"{identity.host}:{pid}",
+        "cluster_job": _cluster_job(), "lease": float(lease), "heartbeat": float(heartbeat),
+        "purpose": purpose, "time": utc_iso(),
+    }
+
+
+def _cluster_job():
+    job = os.environ.get("SLURM_JOB_ID")
+    if job and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{os.environ.get('SLURM_ARRAY_JOB_ID', job)}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return job
+
+
+def link_claim(jobdir, epoch, token):
+    """Try to make claim.<epoch> ours. True if we won, False if another process has it."""
+    tok = os.path.join(jobdir, f".tok.{token['host']}.{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        fd = os.open(tok, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, json.dumps(token).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        _unlink(tok)
+        raise WriteError(f"{jobdir}: cannot write a claim token: {exc.strerror or exc}") from exc
+    try:
+        os.link(tok, os.path.join(jobdir, jd.claim_name(epoch)))
+        return True
+    except OSError as exc:
+        # On NFS a retransmitted LINK can answer EEXIST although the first one succeeded:
+        # the token's own link count (from a fresh open+fstat, not the attribute cache) is
+        # the truth. 2 = our token is also claim.<epoch>.
+        if _fresh_nlink(tok) == 2:
+            return True
+        if exc.errno == errno.EEXIST:
+            return False
+        raise WriteError(f"{jobdir}: cannot link claim.{epoch}: {exc.strerror or exc}") from exc
+    finally:
+        _unlink(tok)
+
+
+def _fresh_nlink(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return 0
+    try:
+        return os.fstat(fd).st_nlink
+    finally:
+        os.close(fd)
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def claim_signature(path):
+    """(mtime_ns, ctime_ns) of a claim from a fresh open+fstat (close-to-open revalidation)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    return st.st_mtime_ns, st.st_ctime_ns
+
+
+class Observer:
+    """Judges leases by watching claims: stale once seen unchanged for the claim's lease.
+
+    One Observer lives as long as a worker loop, so a claim seen in one scan and again
+    in a later one accumulates observation time. Only this process's CLOCK_BOOTTIME is used.
+    """
+
+    def __init__(self, identity=None):
+        self.identity = identity or Identity.current()
+        self._seen = {}  # (jobdir, epoch) -> (signature, first boottime seen with it)
+
+    def holder_gone(self, jobdir, epoch, token, state=None):
+        """Same-host fast path: the holder's pid is gone (or reused) and so is its experiment."""
+        if not token or not self.identity.same_machine(token):
+            return False
+        if _alive(token.get("pid"), token.get("start_ticks")):
+            return False
+        book = (state or {}).get("dbdict", {}) if isinstance(state, dict) else {}
+        if book.get("epoch") == epoch and _group_alive(book.get("pgid")):
+            return False
+        return True
+
+    def is_stale(self, jobdir, epoch, token=None, state=None, wait=True):
+        """Whether claim.<epoch> may be stolen. With wait=False only the fast path applies."""
+        if token is None:
+            token = _read_token(jobdir, epoch)
+        if self.holder_gone(jobdir, epoch, token, state):
+            return True
+        if not wait:
+            return False
+        try:
+            sig = claim_signature(os.path.join(jobdir, jd.claim_name(epoch)))
+        except FileNotFoundError:
+            return False
+        now = boottime()
+        key = (jobdir, epoch)
+        seen = self._seen.get(key)
+        if seen is None or seen[0] != sig:
+            self._seen[key] = (sig, now)
+            return False
+        lease = token.get("lease", DEFAULT_LEASE) if token else DEFAULT_LEASE
+        if isinstance(lease, bool) or not isinstance(lease, (int, float)) or lease <= 0:
+            lease = DEFAULT_LEASE
+        return now - seen[1] >= lease
+
+    def forget(self, jobdir):
+        for key in [k for k in self._seen if k[0] == jobdir]:
+            del self._seen[key]
+
+
+def _read_token(jobdir, epoch):
+    try:
+        return jd.read_claim(jobdir, epoch)
+    except OSError:
+        return {}
+
+
+def holder_of(jobdir, listing, state):
+    """(epoch, token) of the process that holds the job now, or (None, None)."""
+    top = listing.claim_epoch
+    s = state["dbdict"]["epoch"]
+    if top > s or (top == s and top > 0 and state["dbdict"]["status"] == "running"):
+        return top, _read_token(jobdir, top)
+    return None, None
+
+
+def judge(jobdir, listing, state, observer, wait=True):
+    """Why the job is not runnable now (a NotRunnable), or None when it may be claimed."""
+    book = state["dbdict"]
+    epoch, token = holder_of(jobdir, listing, state)
+    if epoch is not None:
+        if observer.is_stale(jobdir, epoch, token, state, wait=wait):
+            return None
+        return NotRunnable(held_message(jobdir, epoch, token, booked=epoch > book["epoch"]))
+    if book["status"] == "ready":
+        return None
+    return NotRunnable(f"{jobdir}: job is {book['status']}")
+
+
+def held_message(jobdir, epoch, token, booked=False):
+    token = token or {}
+    who = f"{token.get('host', '?')} pid {token.get('pid', '?')}"
+    if token.get("cluster_job"):
+        who += f" (cluster job {token['cluster_job']})"
+    what = "booked" if booked else "running"
+    return f"{jobdir}: {what} by {who} since {token.get('time', '?')} (claim.{epoch})"
+
+
+class Claim:
+    """A claim this process won: the right to write `state.<epoch>.yaml`, while not fenced."""
+
+    def __init__(self, jobdir, epoch, token, state, linked_at):
+        self.jobdir = jobdir
+        self.epoch = epoch
+        self.token = token
+        self.state = state  # the state read after winning (what this epoch starts from)
+        self.lease = token["lease"]
+        self.path = os.path.join(jobdir, jd.claim_name(epoch))
+        self.last_ok = linked_at  # the link counts as the first heartbeat, from just before it
+        self.lost = None
+        self.taken_by = None
+
+    def beat(self):
+        """Heartbeat: set the claim's mtime, then look for a newer claim. Returns fenced().
+
+        A holder already fenced (e.g. resumed after SIGSTOP) must not refresh its claim:
+        an observer may have judged it stale meanwhile, so fencing is sticky.
+        """
+        if self.fenced() is None:
+            before = boottime()  # noted before the call: a slow utime must not extend the lease
+            try:
+                os.utime(self.path, None)
+                self.last_ok = before
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.ESTALE):
+                    self.lost = f"claim.{self.epoch} disappeared"
+            self._check_newer()
+        return self.fenced()
+
+    def _check_newer(self):
+        try:
+            top = jd.list_job(self.jobdir).claim_epoch
+        except Exception:  # noqa: BLE001 - a vanished job directory means the claim is lost
+            self.lost = self.lost or "the job directory disappeared"
+            return
+        if top > self.epoch and self.lost is None:
+            token = _read_token(self.jobdir, top)
+            self.lost = f"claim.{top} was taken by {token.get('host', '?')} pid {token.get('pid', '?')} " \
+                        f"({token.get('purpose', 'steal')})"
+            self.taken_by = token
+
+    def fenced(self):
+        """The reason this holder must write nothing more, or None (once fenced, always)."""
+        if self.lost is None:
+            age = boottime() - self.last_ok
+            if age > self.lease / 2:
+                self.lost = f"last heartbeat {age:.1f}s ago is older than half the lease ({self.lease:g}s)"
+        return self.lost
+
+    def write_state(self, state):
+        """Commit `state` as state.<epoch>.yaml, unless fenced (then raise Fenced)."""
+        self._check_newer()
+        reason = self.fenced()
+        if reason:
+            raise Fenced(f"{self.jobdir}: not writing: {reason}")
+        state["dbdict"]["epoch"] = self.epoch
+        jd.write_state_file(self.jobdir, self.epoch, state)
+        self.state = state
+
+
+def claim(jobdir, *, identity=None, observer=None, lease=DEFAULT_LEASE, heartbeat=DEFAULT_HEARTBEAT,
+          purpose="run", wait=True, force=False, worker=None):
+    """Book a job: read its state, and link claim.<top+1> if it is runnable (or if `force`).
+
+    Returns a Claim whose `.state` is the state read after winning; raises NotRunnable when
+    the job is held, final, or another process won the race.
+    """
+    identity = identity or Identity.current()
+    observer = observer or Observer(identity)
+    listing, state = jd.read_latest_state(jobdir)
+    if not force:
+        problem = judge(jobdir, listing, state, observer, wait=wait)
+        if problem:
+            raise problem
+    epoch = max(listing.claim_epoch, state["dbdict"]["epoch"]) + 1
+    token = make_token(identity, lease, heartbeat, purpose, worker)
+    linked_at = boottime()
+    if not link_claim(jobdir, epoch, token):
+        raise NotRunnable(held_message(jobdir, epoch, _read_token(jobdir, epoch), booked=True))
+    # A fresh listing: the state may have changed between our read and our link.
+    _, state = jd.read_latest_state(jobdir)
+    observer.forget(jobdir)
+    return Claim(jobdir, epoch, token, state, linked_at)
+
+
+def give_back(held):
+    """Every claim gets its state: re-commit the state unchanged under our epoch."""
+    state = held.state
+    held.write_state(state)
+    jd.remove_older_states(held.jobdir, held.epoch)
+
+
+def runnable_after_claim(held):
+    """Whether the state read after winning still allows running (else give it back)."""
+    return held.state["dbdict"]["status"] in RUNNABLE_AFTER_STALE

@@ -1,0 +1,187 @@
+"""The experiment's process: started by the worker, talks to it over two pipes (DESIGN.md 5).
+
+It never writes state itself: `channel.save()` and the final result go to the worker, which
+commits them under its claim. It dies with its worker: PR_SET_PDEATHSIG (set by the worker
+before exec), EOF on the control pipe, or no ping for half the lease (a SIGSTOPped worker).
+
+Run as `python -m dbdict_fs.child CONTROL_FD RESULT_FD`.
+"""
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+
+from .experiment import State, call_experiment, load_experiment
+
+
+def _json_default(value):
+    """Let experiments store numpy scalars and arrays without thinking about it."""
+    if hasattr(value, "item") and callable(value.item):
+        try:
+            return value.item()
+        except (TypeError, ValueError):
+            pass
+    if hasattr(value, "tolist") and callable(value.tolist):
+        return value.tolist()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"a value of type {type(value).__name__} cannot be stored in the state "
+                    f"(use str, int, float, bool, None, lists and dicts)")
+
+
+class Channel:
+    """What `channel()` tells the experiment: None (go on), 'stop', 'finish-up' or 'save'."""
+
+    STOP, FINISH_UP, SAVE = "stop", "finish-up", "save"
+
+    def __init__(self, link, state):
+        self._link = link
+        self._state = state
+        self._pending = set()
+        self._lock = threading.Lock()
+
+    def __call__(self):
+        with self._lock:
+            for answer in (self.STOP, self.FINISH_UP):
+                if answer in self._pending:
+                    return answer  # sticky: the experiment should stop soon
+            if self.SAVE in self._pending:
+                self._pending.discard(self.SAVE)
+                return self.SAVE
+        return None
+
+    def _post(self, answer):
+        with self._lock:
+            self._pending.add(answer)
+
+    def save(self):
+        """Commit the current state now (through the worker). True when it was written."""
+        reply = self._link.request({"op": "save", "state": self._state})
+        return bool(reply and reply.get("ok"))
+
+
+class Link:
+    """The child's end of the two pipes, with a thread reading the worker's messages."""
+
+    def __init__(self, control_fd, result_fd):
+        self._control = os.fdopen(control_fd, "r", encoding="utf-8")
+        self._result = os.fdopen(result_fd, "w", encoding="utf-8")
+        self.fence_after = 300.0
+        self._last_ping = time.monotonic()
+        self._replies = []
+        self._cond = threading.Condition()
+        self.channel = None
+
+    def read_init(self):
+        line = self._control.readline()
+        if not line:
+            os._exit(70)
+        return json.loads(line)
+
+    def start(self):
+        threading.Thread(target=self._reader, daemon=True, name="dbdict-control").start()
+        threading.Thread(target=self._watchdog, daemon=True, name="dbdict-watchdog").start()
+
+    def _reader(self):
+        for line in self._control:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            op = msg.get("op")
+            self._last_ping = time.monotonic()
+            if op == "signal" and self.channel is not None:
+                self.channel._post(msg["value"])
+            elif op == "reply":
+                with self._cond:
+                    self._replies.append(msg)
+                    self._cond.notify_all()
+        _die("the worker went away")  # EOF: the worker died; nobody may commit our work
+
+    def _watchdog(self):
+        while True:
+            time.sleep(min(1.0, self.fence_after / 4))
+            if time.monotonic() - self._last_ping > self.fence_after:
+                _die("no word from the worker for half the lease (stopped or hung)")
+
+    def send(self, msg):
+        self._result.write(json.dumps(msg, default=_json_default, allow_nan=True) + "\n")
+        self._result.flush()
+
+    def request(self, msg):
+        with self._cond:
+            self._replies.clear()
+        self.send(msg)
+        with self._cond:
+            self._cond.wait_for(lambda: self._replies, timeout=self.fence_after)
+            return self._replies.pop(0) if self._replies else None
+
+
+def _die(reason):
+    sys.stderr.write(f"dbdict: experiment killed: {reason}\n")
+    sys.stderr.flush()
+    try:
+        os.killpg(0, signal.SIGKILL)
+    finally:
+        os._exit(137)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    control_fd, result_fd = int(argv[0]), int(argv[1])
+    # The worker decides what a signal means and tells us over the pipe ('stop'): a
+    # scheduler that signals every process of the job (scancel, time limit) must not kill
+    # the experiment before it can checkpoint.
+    for sig in (signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    link = Link(control_fd, result_fd)
+    init = link.read_init()
+    link.fence_after = float(init.get("fence_after", 300.0))
+    state = State(init["state"])
+    channel = Channel(link, state)
+    link.channel = channel
+    link.start()
+    try:
+        obj = load_experiment(init["experiment"], init.get("pythonpath") or ())
+        returned = call_experiment(obj, state, channel, resume=bool(init.get("resume")))
+    except BaseException as exc:  # noqa: BLE001 - every way out is reported to the worker
+        if isinstance(exc, SystemExit) and exc.code in (None, 0):
+            returned = None
+        else:
+            _print_user_traceback(exc)
+            last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+            _send_final(link, {"op": "error", "error": last, "state": state})
+            return 1
+    sys.stdout.flush()
+    outcome = "incomplete" if returned is True else "complete"
+    if returned not in (None, True, False):
+        outcome = "complete"
+    _send_final(link, {"op": "result", "returned": outcome, "state": state})
+    return 0
+
+
+def _print_user_traceback(exc):
+    """The traceback without dbdict_fs's own frames: the user's code is what matters."""
+    tb = exc.__traceback__
+    package = os.path.dirname(os.path.abspath(__file__))
+    while tb is not None and os.path.dirname(os.path.abspath(tb.tb_frame.f_code.co_filename)) == package:
+        tb = tb.tb_next
+    traceback.print_exception(type(exc), exc, tb or exc.__traceback__)
+    sys.stderr.flush()
+
+
+def _send_final(link, msg):
+    try:
+        link.send(msg)
+    except TypeError as exc:  # a value that is not JSON: report it as the job's error
+        sys.stderr.write(f"dbdict: cannot store the state: {exc}\n")
+        msg = {"op": "error", "error": f"TypeError: {exc}", "state": None}
+        link.send(msg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

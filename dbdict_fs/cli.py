@@ -1,0 +1,490 @@
+"""The `dbdict` command and its seed-named twins `dbdict-run-job` and `dbdict-query`.
+
+Commands are thin: parse, call one library function, print. Every DbdictError becomes one
+line on stderr and its exit code (DESIGN.md 7); `--debug` (or DBDICT_DEBUG=1) shows the
+traceback instead. Heavy modules are imported inside the commands that need them.
+"""
+
+import argparse
+import os
+import sys
+
+from .errors import DbdictError, UsageError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line (and exit 2)."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _help(text):
+    return {"formatter_class": argparse.RawDescriptionHelpFormatter, "description": text.strip()}
+
+
+def _seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _number(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+RUN_OPTIONS = ("grace", "max_runtime", "lease", "heartbeat", "finish_up_after", "save_every",
+               "max_attempts", "max_resumes", "restart_priority", "scratch", "quiet")
+
+
+def _add_run_options(p):
+    g = p.add_argument_group("attempt options (run, work, cmdline)")
+    g.add_argument("--grace", type=_seconds, default=60.0, metavar="S",
+                   help="after 'stop', seconds before the experiment is killed (default 60)")
+    g.add_argument("--max-runtime", type=_seconds, metavar="S", help="kill an attempt after S seconds")
+    g.add_argument("--lease", type=_seconds, metavar="S",
+                   help="claim lease in seconds (env DBDICT_LEASE, default 600)")
+    g.add_argument("--heartbeat", type=_seconds, metavar="S",
+                   help="heartbeat interval, at most lease/5 (env DBDICT_HEARTBEAT, default 30)")
+    g.add_argument("--finish-up-after", type=_seconds, metavar="S",
+                   help="after S seconds channel() answers 'finish-up'")
+    g.add_argument("--save-every", type=_seconds, metavar="S", help="channel() answers 'save' every S seconds")
+    g.add_argument("--max-attempts", type=_positive_int, default=3, metavar="N",
+                   help="attempts lost to crashes or kills before the job is failed (default 3)")
+    g.add_argument("--max-resumes", type=_positive_int, metavar="N",
+                   help="INCOMPLETE returns before the job is failed (default unlimited)")
+    g.add_argument("--restart-priority", type=_number, default=2.0, metavar="P",
+                   help="priority of a job requeued after INCOMPLETE (default 2.0)")
+    g.add_argument("--scratch", metavar="DIR",
+                   help="run in a node-local copy of workdir under DIR, synced back atomically "
+                        "(env DBDICT_EXPERIMENT_TEMPDIR)")
+    g.add_argument("-q", "--quiet", action="store_true", help="print less")
+
+
+def _run_options(args):
+    return {k: getattr(args, k) for k in RUN_OPTIONS if getattr(args, k, None) is not None}
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_create(args):
+    from .create import create_jobs
+    from .experiment import load_experiment
+    from .values import merge, parse_grid
+
+    source, grid = None, []
+    for item in args.items:
+        if "=" in item:
+            grid.append(item)
+        elif source is None:
+            source = item
+        else:
+            raise UsageError(f"create: a second SOURCE {item!r} (grid arguments look like key=value)")
+    experiment = args.experiment
+    if source is not None:
+        try:
+            generator = load_experiment(source)
+        except DbdictError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - user code: report, do not crash
+            raise UsageError(f"cannot load the job source {source!r}: {type(exc).__name__}: {exc}") from None
+        if experiment is None:
+            module = sys.modules.get(getattr(generator, "__module__", ""), None)
+            experiment = getattr(module, "EXPERIMENT", None)
+        if callable(generator):
+            try:
+                generator = generator()
+            except Exception as exc:  # noqa: BLE001
+                raise UsageError(f"the job source {source!r} raised {type(exc).__name__}: {exc}") from None
+    if experiment is None:
+        raise UsageError("create: --experiment MOD:ATTR or FILE.py:ATTR is required "
+                         "(or define EXPERIMENT in the source module)")
+    grid_configs = parse_grid(grid)
+    base = generator if source is not None else [{}]
+    configs = (merge(b, g) if isinstance(b, dict) else b for b in base for g in grid_configs)
+    result = create_jobs(args.tree, configs, experiment, name=args.name, priority=args.priority,
+                         dry_run=args.dry_run, duplicates="add" if args.allow_duplicates else "skip")
+    for path in result.created:
+        print(f"dbdict-run-job run {path}" if args.print_commands else path)
+    verb = "would create" if args.dry_run else "created"
+    print(f"{verb} {len(result.created)}, skipped {len(result.skipped)} duplicates", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args):
+    from .runner import run_job
+
+    outcome = run_job(args.jobdir, **_run_options(args))
+    if outcome.message and not (args.quiet and outcome.exit_code == 0):
+        print(outcome.message, file=sys.stderr)
+    return outcome.exit_code
+
+
+def cmd_work(args):
+    from .runner import work
+
+    select_rows = _selector(args)
+
+    def report(outcome):
+        if not args.quiet:
+            print(f"{outcome.status:8} {outcome.jobdir}" + (f"  ({outcome.message})" if outcome.status
+                                                              not in ("done",) and outcome.message else ""),
+                  file=sys.stderr)
+
+    counts = work(args.tree, max_jobs=args.max_jobs, wait=args.wait, select_rows=select_rows,
+                  on_outcome=report, **_run_options(args))
+    interrupted = counts.pop("interrupted", 0)
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no runnable job"
+    if not args.quiet:
+        print(f"worker finished: {summary}" + (" (stopped by a signal)" if interrupted else ""),
+              file=sys.stderr)
+    return 3 if interrupted else 0
+
+
+def _selector(args):
+    """A function tree -> rows for the query filters given, or None when there are none."""
+    filters = getattr(args, "filters", None)
+    where = getattr(args, "where", None)
+    if not filters and not where:
+        return None
+    from . import query
+
+    return lambda tree: query.select(tree, args)
+
+
+def cmd_cmdline(args):
+    import json
+
+    from .booking import utc_iso
+    from .create import create_jobs
+    from .runner import run_job
+    from .values import parse_grid
+
+    configs = parse_grid(args.assignments)
+    if len(configs) != 1:
+        raise UsageError("cmdline runs one experiment: use `dbdict create` for a grid of values")
+    stamp = utc_iso().replace(":", "").replace("-", "")
+    name = f"{stamp}-{os.getpid()}"
+    result = create_jobs(args.tree, configs, args.experiment, name=name, duplicates="add")
+    jobdir = result.created[0]
+    print(f"job directory: {jobdir}", file=sys.stderr)
+    outcome = run_job(jobdir, **_run_options(args))
+    from .jobdir import read_latest_state
+
+    _, state = read_latest_state(jobdir)
+    print(json.dumps(state, indent=2, ensure_ascii=False))
+    if outcome.exit_code and outcome.message:
+        print(outcome.message, file=sys.stderr)
+    return outcome.exit_code
+
+
+def cmd_query(args):
+    from . import query
+
+    return query.run(args)
+
+
+def cmd_status(args):
+    from . import ops
+
+    return ops.cmd_status(args)
+
+
+def cmd_requeue(args):
+    from . import ops
+
+    return ops.cmd_requeue(args)
+
+
+def cmd_cancel(args):
+    from . import ops
+
+    return ops.cmd_cancel(args)
+
+
+def cmd_show(args):
+    from . import ops
+
+    return ops.cmd_show(args)
+
+
+def cmd_logs(args):
+    from . import ops
+
+    return ops.cmd_logs(args)
+
+
+# ---------------------------------------------------------------- parsers
+
+def _add_filters(p):
+    try:
+        from . import query
+    except ImportError:  # the index is being written; remove this guard once it lands
+        return
+    query.add_filter_arguments(p)
+    p.set_defaults(_rest="filters")
+
+
+def build_parser(prog="dbdict", only=None):
+    parser = _Parser(prog=prog, **_help(f"""
+Experiments on a shared filesystem: create jobs, book and run them from many workers,
+resume preempted ones, and query the results with SQL. No database server.
+
+example:
+  {prog} create tree examples/train.py:main lr={{0.1,0.01}} seed={{1,2,3}}
+  {prog} work tree
+  {prog} query tree --sort valid_err
+"""))
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def add(name, func, help_text, description):
+        if only is not None and name not in only:
+            return None
+        p = sub.add_parser(name, help=help_text, **_help(description))
+        p.set_defaults(func=func)
+        return p
+
+    p = add("create", cmd_create, "create job directories from a generator or a grid", f"""
+Create one job directory per distinct config. SOURCE (FILE.py:ATTR or MOD:ATTR) names a
+generator or iterable of dicts; key=VALUES grid arguments ({{a,b}} for alternatives) are
+crossed with every dict of SOURCE (or with one empty dict). Duplicates are skipped.
+Prints each created job directory; "created N, skipped M duplicates" goes to stderr.
+
+examples:
+  {prog} create tree examples/sweep.py:jobs --experiment examples/train.py:main
+  {prog} create tree --experiment examples/train.py:main lr={{0.1,0.01}} seed={{1,2,3}}
+  {prog} create tree --experiment mypkg.train:main lr=0.1 --name "lr{{lr}}/s{{seed}}"
+""")
+    if p:
+        p.add_argument("tree", metavar="TREE", help="the tree (created if missing)")
+        p.add_argument("items", nargs="*", metavar="SOURCE|key=VALUES", help="job source and grid arguments")
+        p.set_defaults(_rest="items")
+        p.add_argument("--experiment", "-e", metavar="MOD:ATTR|FILE.py:ATTR", help="the experiment to run")
+        p.add_argument("--name", metavar="TEMPLATE", help='directory template, e.g. "{model.arch}/lr{lr}"')
+        p.add_argument("--priority", type=_number, default=1.0, help="priority (higher runs first; default 1)")
+        p.add_argument("--dry-run", action="store_true", help="list what would be created, write nothing")
+        p.add_argument("--print-commands", action="store_true", help="print `dbdict-run-job run DIR` lines")
+        p.add_argument("--allow-duplicates", action="store_true",
+                       help="add a repeated config under a new name instead of skipping it")
+
+    p = add("run", cmd_run, "book and run one job", f"""
+Book one job and run its experiment once. Exit codes: 0 done, 1 failed, 2 usage or input
+error, 3 incomplete (requeued), 4 not runnable (running elsewhere, done, failed, canceled).
+
+example:
+  {prog} run tree/3f/3f2a91c0d4e5
+""")
+    if p:
+        p.add_argument("jobdir", metavar="JOBDIR")
+        _add_run_options(p)
+
+    p = add("work", cmd_work, "worker loop: run the tree's runnable jobs by priority", f"""
+Book runnable jobs by priority and run them until none is left. Start as many workers as
+you like, on any hosts sharing the tree. SIGTERM/SIGINT/SIGUSR1/SIGUSR2 ask the running
+experiment to stop (channel() answers 'stop'), requeue its job, and end the worker.
+
+examples:
+  {prog} work tree
+  {prog} work tree --wait --lease 120 --heartbeat 10      # also recover dead workers' jobs
+  {prog} work tree model.arch=resnet --where "lr < 0.1" --max-jobs 5
+""")
+    if p:
+        p.add_argument("tree", metavar="TREE")
+        _add_filters(p)
+        p.add_argument("--max-jobs", type=_positive_int, metavar="N", help="stop after N jobs")
+        p.add_argument("--wait", action="store_true",
+                       help="keep polling while jobs run elsewhere (takes over stale ones)")
+        _add_run_options(p)
+
+    p = add("cmdline", cmd_cmdline, "run an experiment once in a fresh job directory", f"""
+Run an experiment once with key=value parameters (typed like YAML scalars), in a fresh job
+directory under ./dbdict-cmdline/, and print the final state as JSON.
+
+example:
+  {prog} cmdline examples/train.py:main lr=0.1 seed=3 model.arch=mlp
+""")
+    if p:
+        p.add_argument("experiment", metavar="MOD:ATTR|FILE.py:ATTR")
+        p.add_argument("assignments", nargs="*", metavar="key=value")
+        p.set_defaults(_rest="assignments")
+        p.add_argument("--tree", default="dbdict-cmdline", help="where the job directory goes")
+        _add_run_options(p)
+
+    p = add("query", cmd_query, "query a tree with filters, expressions or SQL", f"""
+Index every job of the tree (one row per job, one column per dotted key) and print rows.
+
+examples:
+  {prog} query tree status=done --sort -valid_err --limit 5
+  {prog} query tree --where 'lr > 0.01 and model.arch == "resnet"' --format csv
+  {prog} query tree --sql 'select "model.arch", min(valid_err) from jobs group by 1'
+""")
+    if p:
+        try:
+            from . import query
+        except ImportError:  # the index is being written; remove this guard once it lands
+            query = None
+        if query:
+            query.add_arguments(p)
+
+    p = add("status", cmd_status, "counts per status and the running jobs", f"""
+Counts per status (ready, booked, running, stale, done, failed, canceled, corrupt) and the
+running jobs with host, pid and heartbeat age.
+
+example:
+  {prog} status tree
+  {prog} status tree --format json
+""")
+    if p:
+        p.add_argument("tree", metavar="TREE")
+        _add_filters(p)
+        p.add_argument("--format", choices=("table", "json"), default="table")
+
+    p = add("requeue", cmd_requeue, "make failed, canceled or stale jobs ready again", f"""
+Make jobs ready again, safely while workers run (each change is a claim, DESIGN.md 4).
+By default failed, canceled and stale jobs; done ones only with --force.
+
+examples:
+  {prog} requeue tree                          # failed, canceled and stale jobs
+  {prog} requeue tree --status failed lr=0.1 --priority 5
+  {prog} requeue tree --status done --force
+""")
+    if p:
+        p.add_argument("tree", metavar="TREE")
+        _add_filters(p)
+        p.add_argument("--status", default="failed,canceled,stale", metavar="S,...",
+                       help="statuses to requeue (default failed,canceled,stale)")
+        p.add_argument("--priority", type=_number, help="the new priority")
+        p.add_argument("--force", action="store_true", help="allow requeuing done and running jobs")
+        p.add_argument("--dry-run", action="store_true", help="list what would change")
+
+    p = add("cancel", cmd_cancel, "cancel ready, running and stale jobs", f"""
+Mark jobs canceled. A running job's worker stops it at its next heartbeat; its last saved
+state is kept. Done and failed jobs are left alone.
+
+example:
+  {prog} cancel tree lr=0.1
+""")
+    if p:
+        p.add_argument("tree", metavar="TREE")
+        _add_filters(p)
+        p.add_argument("--dry-run", action="store_true", help="list what would change")
+
+    p = add("show", cmd_show, "show a job's config, state and attempt history", f"""
+example:
+  {prog} show tree/3f/3f2a91c0d4e5
+""")
+    if p:
+        p.add_argument("jobdir", metavar="JOBDIR")
+        p.add_argument("--format", choices=("text", "json"), default="text")
+
+    p = add("logs", cmd_logs, "print a job's stdout or stderr", f"""
+examples:
+  {prog} logs tree/3f/3f2a91c0d4e5
+  {prog} logs tree/3f/3f2a91c0d4e5 --stderr --attempt 2
+""")
+    if p:
+        p.add_argument("jobdir", metavar="JOBDIR")
+        p.add_argument("--stderr", action="store_true", help="stderr instead of stdout")
+        p.add_argument("--attempt", type=_positive_int, metavar="N", help="only attempt N")
+        p.add_argument("-f", "--follow", action="store_true", help="keep printing as the job writes")
+    return parser
+
+
+def _version():
+    from . import __version__
+
+    return __version__
+
+
+def _fix_argv(argv):
+    """`--sort -key` must work as written: argparse would take `-key` for an option."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--sort" and i + 1 < len(argv) and argv[i + 1].startswith("-") and argv[i + 1] != "--":
+            out.append(f"--sort={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+def _collect_rest(parser, args, extra):
+    """Positional lists (SOURCE, key=value) may be split by options: `create T -e X lr=1`."""
+    rest = getattr(args, "_rest", None)
+    bad = [a for a in extra if a.startswith("-") or rest is None]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    if extra:
+        setattr(args, rest, list(getattr(args, rest, None) or []) + extra)
+
+
+def main(argv=None, prog="dbdict", only=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("DBDICT_DEBUG") == "1"
+    try:
+        parser = build_parser(prog, only)
+        args, extra = parser.parse_known_args(_fix_argv(argv))
+        _collect_rest(parser, args, extra)
+        return args.func(args)
+    except DbdictError as exc:
+        if debug:
+            raise
+        print(f"Error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
+    except OSError as exc:
+        if debug:
+            raise
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"Error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def main_run_job(argv=None):
+    """`dbdict-run-job run DIR` and `dbdict-run-job work TREE`: the seed's command names."""
+    return main(argv, prog="dbdict-run-job", only=("run", "work"))
+
+
+def main_query(argv=None):
+    """`dbdict-query TREE ...` = `dbdict query TREE ...`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        return main(["query", "--help"], prog="dbdict")
+    return main(["query"] + argv, prog="dbdict")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

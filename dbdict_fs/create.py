@@ -1,0 +1,213 @@
+"""Creating jobs: one directory per distinct config, written atomically (DESIGN.md 1 and 2).
+
+Every config is validated before anything is written, so a bad value or a generator that
+raises leaves the tree as it was. Each job is built in a dot directory inside the tree and
+renamed into place: a job directory is either complete or absent.
+"""
+
+import datetime
+import os
+import re
+import shutil
+import secrets
+from dataclasses import dataclass, field
+
+from . import jobdir as jd
+from .errors import DbdictError, UsageError
+from .experiment import resolve_experiment
+from .values import check_config, config_hash
+
+DEFAULT_PRIORITY = 1.0
+_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
+
+
+@dataclass
+class CreateResult:
+    """Paths of the jobs created, and of the existing jobs a duplicate config matched."""
+
+    created: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+
+
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def create_jobs(tree, generator, experiment, *, name=None, priority=DEFAULT_PRIORITY,
+                dry_run=False, duplicates="skip", cwd=None):
+    """Write one job directory per distinct config of `generator` (an iterable of dicts).
+
+    `experiment` is "module:attr" or "path/file.py:attr" (resolved now, recorded in the
+    config). `name` is an optional template such as "{model.arch}/lr{lr}_s{seed}";
+    by default a job lives at TREE/<hash[:2]>/<hash>. `duplicates="add"` adds a repeated
+    config under a new name instead of skipping it.
+    """
+    if duplicates not in ("skip", "add"):
+        raise UsageError(f"duplicates must be 'skip' or 'add', not {duplicates!r}")
+    if isinstance(priority, bool) or not isinstance(priority, (int, float)) or priority != priority:
+        raise UsageError(f"priority must be a number, not {priority!r}")
+    tree = os.fspath(tree)
+    if os.path.exists(tree) and not os.path.isdir(tree):
+        raise UsageError(f"{tree}: exists and is not a directory")
+    if os.path.isfile(os.path.join(tree, jd.CONFIG)):
+        raise UsageError(f"{tree}: is a job directory, not a tree")
+    experiment, pythonpath = resolve_experiment(experiment, cwd)
+    if isinstance(generator, dict):
+        raise UsageError("create_jobs takes an iterable of dicts, not one dict (wrap it in a list)")
+    jobs = _plan(tree, generator, experiment, name, duplicates)
+    result = CreateResult()
+    existing_hashes = _hashes_in_tree(tree) if name and duplicates == "skip" else None
+    for rel, config, digest in jobs:
+        path = os.path.join(tree, rel)
+        if existing_hashes is not None and digest in existing_hashes:
+            result.skipped.append(existing_hashes[digest])
+            continue
+        if dry_run:
+            (result.skipped if os.path.exists(path) else result.created).append(path)
+            continue
+        os.makedirs(tree, exist_ok=True)
+        if _write_job(tree, rel, config, experiment, pythonpath, digest, priority):
+            result.created.append(path)
+        else:
+            result.skipped.append(path)
+    return result
+
+
+def _plan(tree, generator, experiment, template, duplicates):
+    """Validate every config and choose its directory before anything is written."""
+    planned, seen_hash, seen_rel = [], set(), {}
+    try:
+        iterator = iter(generator)
+    except TypeError:
+        raise UsageError(f"the job source is a {type(generator).__name__}, not an iterable of dicts") from None
+    index = 0
+    while True:
+        try:
+            item = next(iterator)
+        except StopIteration:
+            break
+        except DbdictError:
+            raise
+        except Exception as exc:
+            raise UsageError(f"the job generator raised {type(exc).__name__}: {exc} "
+                             f"(after {index} configs; nothing was written)") from exc
+        config = check_config(item, where=f"config #{index}")
+        index += 1
+        digest = config_hash(config, experiment)
+        if digest in seen_hash and duplicates == "skip":
+            continue
+        seen_hash.add(digest)
+        rel = render_name(template, config) if template else os.path.join(digest[:2], digest)
+        if rel in seen_rel:
+            if duplicates == "add" or seen_rel[rel] == digest:
+                rel = _free_name(tree, rel, seen_rel)
+            else:
+                raise UsageError(f"the name template gives {rel!r} to two different configs "
+                                 f"(#{index - 1} and an earlier one): add a key to --name")
+        seen_rel[rel] = digest
+        planned.append((rel, config, digest))
+    return planned
+
+
+def _free_name(tree, rel, taken):
+    n = 2
+    while f"{rel}-{n}" in taken or os.path.exists(os.path.join(tree, f"{rel}-{n}")):
+        n += 1
+    return f"{rel}-{n}"
+
+
+def render_name(template, config):
+    """Fill a name template from (dotted) config keys; the result must stay inside the tree."""
+    def lookup(match):
+        node = config
+        for part in match.group(1).split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise UsageError(f"name template {template!r}: the config has no key {match.group(1)!r}")
+            node = node[part]
+        return str(node)
+
+    rel = _FIELD.sub(lookup, template)
+    parts = rel.split("/")
+    if (rel.startswith("/") or "\0" in rel or "\\" in rel
+            or any(p in ("", ".", "..") or p.startswith(".") for p in parts)):
+        raise UsageError(f"name template {template!r} gives {rel!r}, which is not a relative path "
+                         f"inside the tree (no '..', no leading '/' or '.', no empty parts)")
+    return os.path.join(*parts)
+
+
+def _hashes_in_tree(tree):
+    """hash -> path of every job already in the tree (only needed for named layouts)."""
+    found = {}
+    if not os.path.isdir(tree):
+        return found
+    for path in jd.iter_jobdirs(tree):
+        try:
+            digest = jd.read_config(path)["dbdict"].get("hash")
+        except DbdictError:
+            continue
+        if isinstance(digest, str):
+            found.setdefault(digest, path)
+    return found
+
+
+def config_text(config, book):
+    """config.yaml: block-style YAML for people, the reserved `dbdict` block first."""
+    import yaml
+
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    head = yaml.dump({"dbdict": book}, Dumper=dumper, default_flow_style=False, sort_keys=False,
+                     allow_unicode=True)
+    body = yaml.dump(config, Dumper=dumper, default_flow_style=False, sort_keys=False,
+                     allow_unicode=True) if config else ""
+    return head + body
+
+
+def initial_state(config, book, priority):
+    state = dict(config)
+    state["dbdict"] = dict(book, status="ready", priority=float(priority), epoch=0,
+                           requeue_epoch=0, attempts=0)
+    return state
+
+
+def _write_job(tree, rel, config, experiment, pythonpath, digest, priority):
+    """Build the job in a dot directory, then rename it into place. False if it exists."""
+    target = os.path.join(tree, rel)
+    if os.path.exists(target):
+        return False
+    _check_no_job_above(tree, rel)
+    book = {"experiment": experiment}
+    if pythonpath:
+        book["pythonpath"] = list(pythonpath)
+    book.update(hash=digest, created=utc_now())
+    tmp = os.path.join(tree, f".tmp.create.{digest}.{secrets.token_hex(4)}")
+    try:
+        os.mkdir(tmp)
+        paths = jd.JobPaths(tmp)
+        os.mkdir(paths.workdir)
+        for name in (paths.stdout, paths.stderr):
+            open(name, "wb").close()
+        jd.atomic_write(paths.config, config_text(config, book).encode("utf-8"), fsync=False)
+        jd.atomic_write(paths.state(0), jd.dump_state(initial_state(config, book, priority)), fsync=True)
+        os.symlink(jd.state_name(0), paths.state_link)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        try:
+            os.rename(tmp, target)
+        except OSError as exc:
+            if os.path.exists(os.path.join(target, jd.CONFIG)):
+                return False  # another process created the same job meanwhile
+            raise DbdictError(f"cannot create {target}: {exc.strerror or exc}") from exc
+        jd.fsync_dir(os.path.dirname(target))
+        return True
+    except OSError as exc:
+        raise DbdictError(f"cannot create {target}: {exc.strerror or exc}") from exc
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_no_job_above(tree, rel):
+    """A job may not be created inside another job's directory."""
+    parts = rel.split(os.sep)[:-1]
+    for i in range(1, len(parts) + 1):
+        if os.path.isfile(os.path.join(tree, *parts[:i], jd.CONFIG)):
+            raise UsageError(f"{os.path.join(tree, rel)} would be inside the job {os.path.join(tree, *parts[:i])}")

@@ -1,0 +1,397 @@
+"""One job directory: the names of its files, and reading and writing its state files.
+
+Everything that spells a per-job file name lives here (DESIGN.md 1 and 3), so no other
+module builds `state.<E>.yaml` or `claim.<E>` by hand.
+"""
+
+import errno
+import json
+import os
+import re
+import secrets
+
+from .errors import CorruptJob, JobNotFound, WriteError
+
+CONFIG = "config.yaml"
+STATE_LINK = "state.yaml"
+STDOUT = "stdout"
+STDERR = "stderr"
+WORKDIR = "workdir"
+META_DIR = ".dbdict"
+
+STATUSES = ("ready", "running", "done", "failed", "canceled")
+# Statuses the index and status commands derive; they are never written to a state file.
+DERIVED_STATUSES = ("booked", "stale", "corrupt")
+
+MAX_FILE_BYTES = 16 * 1024 * 1024  # a state or config file larger than this is corrupt
+MAX_NODES = 1_000_000  # values (counting shared YAML aliases each time) in one file
+MAX_DEPTH = 100
+
+_STATE_RE = re.compile(r"^state\.(\d+)\.yaml$")
+_CLAIM_RE = re.compile(r"^claim\.(\d+)$")
+
+
+class JobPaths:
+    """The file names of one job directory (the only place they are spelled)."""
+
+    __slots__ = ("dir",)
+
+    def __init__(self, path):
+        self.dir = os.fspath(path)
+
+    def __repr__(self):
+        return f"JobPaths({self.dir!r})"
+
+    def _join(self, name):
+        return os.path.join(self.dir, name)
+
+    @property
+    def config(self):
+        return self._join(CONFIG)
+
+    @property
+    def state_link(self):
+        return self._join(STATE_LINK)
+
+    @property
+    def stdout(self):
+        return self._join(STDOUT)
+
+    @property
+    def stderr(self):
+        return self._join(STDERR)
+
+    @property
+    def workdir(self):
+        return self._join(WORKDIR)
+
+    def state(self, epoch):
+        return self._join(state_name(epoch))
+
+    def claim(self, epoch):
+        return self._join(claim_name(epoch))
+
+    def tmp(self, what):
+        """A fresh transient file name (dot file: never a job or state, see DESIGN.md 1)."""
+        return self._join(f".tmp.{what}.{os.getpid()}.{secrets.token_hex(4)}")
+
+    def is_job(self):
+        return os.path.isfile(self.config)
+
+
+def state_name(epoch):
+    return f"state.{int(epoch)}.yaml"
+
+
+def claim_name(epoch):
+    return f"claim.{int(epoch)}"
+
+
+class Listing:
+    """What one listing of a job directory says: the newest state and claim epochs."""
+
+    __slots__ = ("state_epochs", "claim_epochs", "names")
+
+    def __init__(self, names):
+        self.names = names
+        self.state_epochs = []
+        self.claim_epochs = []
+        for name in names:
+            if name.startswith("state."):
+                m = _STATE_RE.match(name)
+                if m:
+                    self.state_epochs.append(int(m.group(1)))
+            elif name.startswith("claim."):
+                m = _CLAIM_RE.match(name)
+                if m:
+                    self.claim_epochs.append(int(m.group(1)))
+
+    @property
+    def state_epoch(self):
+        """Epoch of the latest state file, or None when there is none."""
+        return max(self.state_epochs) if self.state_epochs else None
+
+    @property
+    def claim_epoch(self):
+        """Epoch of the top claim, 0 when the job was never claimed."""
+        return max(self.claim_epochs) if self.claim_epochs else 0
+
+
+def list_job(jobdir):
+    """List a job directory (a fresh READDIR: on NFS this revalidates the directory)."""
+    try:
+        return Listing(os.listdir(jobdir))
+    except FileNotFoundError:
+        raise JobNotFound(jobdir, "no such directory") from None
+    except NotADirectoryError:
+        raise JobNotFound(jobdir, "not a directory") from None
+
+
+# ---------------------------------------------------------------- parsing and validation
+
+def parse_text(text, path):
+    """Parse a state or config file: JSON first (what the tool writes), then safe YAML."""
+    if len(text) > MAX_FILE_BYTES:
+        raise CorruptJob(path, f"larger than {MAX_FILE_BYTES} bytes")
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        data = _parse_yaml(text, path)
+    _check_size(data, path)
+    return data
+
+
+def _parse_yaml(text, path):
+    import yaml  # imported lazily: only files a person edited are YAML
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        return yaml.load(text, Loader=loader)
+    except (yaml.YAMLError, RecursionError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CorruptJob(path, f"not valid JSON or YAML ({reason})") from None
+
+
+def _check_size(data, path):
+    """Refuse deeply nested values and alias bombs (shared nodes are counted every time)."""
+    budget = MAX_NODES
+    stack = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise CorruptJob(path, f"more than {MAX_NODES} values (an alias bomb?)")
+        if depth > MAX_DEPTH:
+            raise CorruptJob(path, f"nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+
+
+def read_file(path):
+    """Read a job file as text, capping the size read."""
+    with open(path, "rb") as f:
+        raw = f.read(MAX_FILE_BYTES + 1)
+    if len(raw) > MAX_FILE_BYTES:
+        raise CorruptJob(path, f"larger than {MAX_FILE_BYTES} bytes")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CorruptJob(path, "not UTF-8 text") from None
+
+
+_NUMBER = (int, float)
+_BOOKKEEPING_TYPES = {
+    "status": (str,),
+    "priority": _NUMBER,
+    "epoch": (int,),
+    "requeue_epoch": (int,),
+    "attempts": (int,),
+    "experiment": (str,),
+    "hash": (str,),
+}
+
+
+def validate_state(data, path, epoch=None):
+    """Check a parsed state: a mapping with a well-typed `dbdict` block. Returns it."""
+    if not isinstance(data, dict):
+        raise CorruptJob(path, f"state is a {type(data).__name__}, not a mapping")
+    book = data.get("dbdict")
+    if not isinstance(book, dict):
+        raise CorruptJob(path, "no `dbdict` mapping in the state")
+    for key, types in _BOOKKEEPING_TYPES.items():
+        if key not in book:
+            raise CorruptJob(path, f"dbdict.{key} is missing")
+        value = book[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise CorruptJob(path, f"dbdict.{key} has the wrong type ({type(value).__name__})")
+    if book["status"] not in STATUSES:
+        raise CorruptJob(path, f"dbdict.status {book['status']!r} is not one of {', '.join(STATUSES)}")
+    if epoch is not None and book["epoch"] != epoch:
+        raise CorruptJob(path, f"dbdict.epoch is {book['epoch']}, the file name says {epoch}")
+    return data
+
+
+def read_state_file(path, epoch=None):
+    """Read, parse and validate one state file (FileNotFoundError passes through)."""
+    return validate_state(parse_text(read_file(path), path), path, epoch)
+
+
+def read_latest_state(jobdir, retries=20):
+    """The job's state: the highest `state.<E>.yaml`. Returns (listing, state).
+
+    A newer holder may delete older state files between our listing and our open:
+    on ENOENT we list again (DESIGN.md 3).
+    """
+    for _ in range(retries):
+        listing = list_job(jobdir)
+        epoch = listing.state_epoch
+        if epoch is None:
+            if CONFIG not in listing.names:
+                raise JobNotFound(jobdir)
+            raise CorruptJob(jobdir, "no state.<E>.yaml file")
+        try:
+            return listing, read_state_file(os.path.join(jobdir, state_name(epoch)), epoch)
+        except FileNotFoundError:
+            continue
+    raise CorruptJob(jobdir, "state files keep disappearing while being read")
+
+
+def read_claim(jobdir, epoch):
+    """The token a claim file holds (JSON written by booking.py), or {} if unreadable.
+
+    FileNotFoundError passes through: claims are never deleted, so it means no such claim.
+    """
+    path = os.path.join(jobdir, claim_name(epoch))
+    with open(path, "rb") as f:
+        raw = f.read(65536)
+    try:
+        token = json.loads(raw)
+    except ValueError:
+        return {}
+    return token if isinstance(token, dict) else {}
+
+
+def read_config(jobdir):
+    path = os.path.join(jobdir, CONFIG)
+    try:
+        text = read_file(path)
+    except FileNotFoundError:
+        raise JobNotFound(jobdir) from None
+    except IsADirectoryError:
+        raise CorruptJob(path, "is a directory") from None
+    data = parse_text(text, path)
+    if not isinstance(data, dict) or not isinstance(data.get("dbdict"), dict):
+        raise CorruptJob(path, "config is not a mapping with a `dbdict` block")
+    if not isinstance(data["dbdict"].get("experiment"), str):
+        raise CorruptJob(path, "config has no dbdict.experiment")
+    return data
+
+
+# ---------------------------------------------------------------- writing
+
+def fsync_dir(path):
+    """fsync a directory so a rename in it is durable; some filesystems answer EINVAL."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EROFS, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, data, *, fsync=True):
+    """Write bytes to `path` by temp file + fsync + rename: readers see old or new, never half.
+
+    On any error the temporary file is removed and the old file is left as it was.
+    """
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, f".tmp.{name}.{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    if fsync:
+        fsync_dir(directory or ".")
+
+
+def dump_state(state):
+    """State files are indented JSON: valid YAML for people, ~10x faster to parse."""
+    return (json.dumps(state, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def write_state_file(jobdir, epoch, state):
+    """Write `state.<epoch>.yaml` atomically and point `state.yaml` at the newest state.
+
+    The caller must hold claim `epoch` and have checked that it is not fenced.
+    """
+    paths = JobPaths(jobdir)
+    atomic_write(paths.state(epoch), dump_state(state))
+    update_state_link(jobdir)
+
+
+def update_state_link(jobdir):
+    """Repoint the `state.yaml` symlink at the newest state file (for people; best effort).
+
+    It is computed from a fresh listing, so a late writer of an old epoch cannot leave the
+    link pointing at its own, hidden, file.
+    """
+    try:
+        epoch = list_job(jobdir).state_epoch
+    except JobNotFound:
+        return
+    if epoch is None:
+        return
+    paths = JobPaths(jobdir)
+    tmp = paths.tmp("link")
+    try:
+        os.symlink(state_name(epoch), tmp)
+        os.rename(tmp, paths.state_link)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def remove_older_states(jobdir, epoch):
+    """Delete state files older than `epoch` (allowed once ours exists, DESIGN.md 3)."""
+    for old in list_job(jobdir).state_epochs:
+        if old < epoch:
+            try:
+                os.unlink(os.path.join(jobdir, state_name(old)))
+            except OSError:
+                pass
+
+
+# ---------------------------------------------------------------- trees
+
+def iter_jobdirs(tree):
+    """Yield every job directory below `tree` (depth first, sorted), never descending into one.
+
+    Dot directories (.dbdict, temporary job builds) are skipped, and symlinked directories
+    are not followed, so a symlink loop cannot hang the walk or lead outside the tree.
+    """
+    tree = os.fspath(tree)
+    if os.path.isfile(os.path.join(tree, CONFIG)):
+        yield tree
+        return
+    stack = [tree]
+    while stack:
+        top = stack.pop()
+        try:
+            with os.scandir(top) as it:
+                entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        except OSError:
+            continue
+        subdirs = []
+        for entry in entries:
+            try:
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
+            except OSError:
+                continue
+            if os.path.exists(os.path.join(entry.path, CONFIG)):
+                yield entry.path
+            else:
+                subdirs.append(entry.path)
+        stack.extend(reversed(subdirs))

@@ -1,0 +1,583 @@
+"""Running jobs: one booked attempt (`run_job`) and the worker loop (`work`), DESIGN.md 5.
+
+The worker holds the claim and heartbeats; the experiment runs in a child process
+(dbdict_fs.child) in its own process group, and only the worker writes state.
+"""
+
+import copy
+import ctypes
+import fcntl
+import json
+import os
+import random
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, fields
+
+from . import booking
+from . import jobdir as jd
+from .errors import CorruptJob, DbdictError, Fenced, JobNotFound, NotRunnable, UsageError, WriteError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_NOT_RUNNABLE = 0, 1, 2, 3, 4
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+HARD_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # a second one of these ends the attempt at once
+RESTART_PRIORITY = 2.0
+_PR_SET_PDEATHSIG = 1
+
+
+def _env_float(name, default):
+    value = os.environ.get(name)
+    if value in (None, ""):
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise UsageError(f"${name} must be a number of seconds, not {value!r}") from None
+
+
+@dataclass
+class Options:
+    """How attempts run; defaults follow DESIGN.md 7 (env DBDICT_LEASE, DBDICT_HEARTBEAT)."""
+
+    lease: float = None
+    heartbeat: float = None
+    grace: float = 60.0
+    max_runtime: float = None
+    finish_up_after: float = None
+    save_every: float = None
+    max_attempts: int = 3
+    max_resumes: int = None
+    restart_priority: float = RESTART_PRIORITY
+    scratch: str = None
+    quiet: bool = False
+
+    def __post_init__(self):
+        if self.lease is None:
+            self.lease = _env_float("DBDICT_LEASE", booking.DEFAULT_LEASE)
+        if self.heartbeat is None:
+            self.heartbeat = _env_float("DBDICT_HEARTBEAT", booking.DEFAULT_HEARTBEAT)
+        if self.scratch is None:
+            self.scratch = os.environ.get("DBDICT_EXPERIMENT_TEMPDIR") or None
+        booking.check_timing(self.lease, self.heartbeat)
+        for name in ("grace", "max_runtime", "finish_up_after", "save_every"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not value >= 0 or value == float("inf")):
+                raise UsageError(f"--{name.replace('_', '-')} must be a number of seconds >= 0, not {value!r}")
+        for name in ("max_attempts", "max_resumes"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise UsageError(f"--{name.replace('_', '-')} must be a whole number >= 1, not {value!r}")
+        if isinstance(self.restart_priority, bool) or not isinstance(self.restart_priority, (int, float)):
+            raise UsageError(f"restart priority must be a number, not {self.restart_priority!r}")
+        if self.scratch is not None and not os.path.isdir(self.scratch):
+            raise UsageError(f"--scratch {self.scratch}: no such directory")
+
+
+def make_options(**kwargs):
+    known = {f.name for f in fields(Options)}
+    for key in kwargs:
+        if key not in known:
+            import difflib
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            raise UsageError(f"unknown option {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return Options(**{k: v for k, v in kwargs.items()})
+
+
+@dataclass
+class Outcome:
+    """How one attempt ended, and the exit code DESIGN.md 7 gives it."""
+
+    jobdir: str
+    status: str  # done | failed | ready (requeued) | lost (fenced out) | error (could not write)
+    exit_code: int
+    message: str = ""
+    epoch: int = None
+
+
+# ---------------------------------------------------------------- signals
+
+class StopSignals:
+    """Turns SIGTERM/SIGINT/SIGUSR1/SIGUSR2 into a request to stop, readable by select()."""
+
+    def __init__(self):
+        self.received = []
+        self.fd = None
+        self._old = {}
+        self._old_wakeup = None
+
+    def __enter__(self):
+        import threading
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signals can only be handled in the main thread; run without them
+        r, w = os.pipe()
+        for fd in (r, w):
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+            os.set_inheritable(fd, False)
+        self.fd, self._w = r, w
+        self._old_wakeup = signal.set_wakeup_fd(w)
+        for sig in STOP_SIGNALS:
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received.append(signum)
+
+    def __exit__(self, *exc):
+        if self.fd is None:
+            return
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        signal.set_wakeup_fd(self._old_wakeup if self._old_wakeup is not None else -1)
+        os.close(self.fd)
+        os.close(self._w)
+        self.fd = None
+
+    def drain(self):
+        try:
+            while os.read(self.fd, 512):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    @property
+    def stop(self):
+        return bool(self.received)
+
+    @property
+    def hard(self):
+        """A second SIGTERM/SIGINT: kill the experiment now."""
+        return len(self.received) >= 2 and self.received[-1] in HARD_SIGNALS
+
+
+# ---------------------------------------------------------------- the child process
+
+def _child_preexec():
+    """In the child before exec: own process group, and die when the worker dies."""
+    os.setpgid(0, 0)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the control pipe's EOF still ends the child
+    if os.getppid() == 1:
+        os._exit(70)  # the worker died before prctl took effect
+
+
+def _spawn_child(cwd, out, err, env_extra):
+    control_r, control_w = os.pipe()
+    result_r, result_w = os.pipe()
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **env_extra)
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dbdict_fs.child", str(control_r), str(result_w)],
+            cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
+            pass_fds=(control_r, result_w), preexec_fn=_child_preexec, close_fds=True)
+    finally:
+        os.close(control_r)
+        os.close(result_w)
+    os.set_inheritable(control_w, False)
+    return proc, os.fdopen(control_w, "w", encoding="utf-8"), result_r
+
+
+class Child:
+    """The worker's handle on the experiment process and its two pipes."""
+
+    def __init__(self, cwd, out, err, env_extra):
+        self.proc, self._control, self.result_fd = _spawn_child(cwd, out, err, env_extra)
+        self.pid = self.proc.pid
+        self._buf = b""
+        self.eof = False
+
+    def send(self, msg):
+        try:
+            self._control.write(json.dumps(msg, allow_nan=True) + "\n")
+            self._control.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            pass  # the child is gone: its exit is noticed on the result pipe
+
+    def read_messages(self):
+        """Messages available now (call when select says the result pipe is readable)."""
+        try:
+            data = os.read(self.result_fd, 1 << 20)
+        except BlockingIOError:
+            return []
+        if not data:
+            self.eof = True
+        self._buf += data
+        lines = self._buf.split(b"\n")
+        self._buf = lines.pop()
+        out = []
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+    def kill(self):
+        for target in (lambda: os.killpg(self.pid, signal.SIGKILL), lambda: self.proc.kill()):
+            try:
+                target()
+            except (ProcessLookupError, PermissionError, OSError):
+                pass
+
+    def wait(self, timeout):
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return self.proc.wait()
+
+    def close(self):
+        for closer in (self._control.close, lambda: os.close(self.result_fd)):
+            try:
+                closer()
+            except OSError:
+                pass
+        self.kill()  # anything left in its process group goes too
+
+
+# ---------------------------------------------------------------- one attempt
+
+def run_job(jobdir, **options):
+    """Book one job and run it once (`dbdict run JOBDIR`). Returns an Outcome.
+
+    A job held by a live worker raises NotRunnable (exit 4): this one-shot command cannot
+    judge a lease without waiting, so it only steals from a dead process of this host.
+    """
+    opts = make_options(**options)
+    jobdir = os.fspath(jobdir)
+    if not os.path.isdir(jobdir):
+        raise JobNotFound(jobdir, "no such directory")
+    jd.read_config(jobdir)
+    with StopSignals() as signals:
+        held = booking.claim(jobdir, lease=opts.lease, heartbeat=opts.heartbeat, wait=False)
+        return run_claimed(held, opts, signals)
+
+
+def _header(held, attempts, book):
+    return (f"==== dbdict attempt {attempts} (epoch {held.epoch}) host {book['host']} "
+            f"pid {book['pid']} started {book['start']} ====\n").encode()
+
+
+def run_claimed(held, opts, signals):
+    """Run the experiment of a job whose claim we won, and commit how it ended."""
+    state = copy.deepcopy(held.state)
+    book = state["dbdict"]
+    if not booking.runnable_after_claim(held):
+        booking.give_back(held)
+        raise NotRunnable(f"{held.jobdir}: job is {book['status']}")
+    attempts = held.epoch - int(book.get("requeue_epoch", 0))
+    if attempts > opts.max_attempts:
+        book.update(status="failed", attempts=attempts - 1,
+                    error=f"lost its worker or was killed {attempts - 1} times (max_attempts {opts.max_attempts})")
+        return _commit(held, state, EXIT_FAILED, book["error"])
+    from .scratch import Scratch
+    paths = jd.JobPaths(held.jobdir)
+    scratch = Scratch(paths.workdir, opts.scratch) if opts.scratch else None
+    book.update(status="running", attempts=attempts, host=held.token["host"], pid=os.getpid(),
+                worker=held.token["worker"], cluster_job=held.token["cluster_job"],
+                start=booking.utc_iso(), end=None, duration=None, error=None,
+                runs=int(book.get("runs", 0) or 0) + 1)
+    resume = book["runs"] > 1
+    os.makedirs(paths.workdir, exist_ok=True)
+    with open(paths.stdout, "ab") as out, open(paths.stderr, "ab") as err:
+        header = _header(held, attempts, book)
+        out.write(header)
+        err.write(header)
+        out.flush()
+        err.flush()
+        child = Child(scratch.path if scratch else paths.workdir, out, err,
+                      {"DBDICT_JOBDIR": os.path.abspath(held.jobdir)})
+    try:
+        book["pgid"] = child.pid
+        try:
+            held.write_state(state)
+        except (Fenced, WriteError):
+            child.close()
+            raise
+        jd.remove_older_states(held.jobdir, held.epoch)
+        init_state = copy.deepcopy(state)
+        child.send({"op": "init", "state": init_state, "experiment": book["experiment"],
+                    "pythonpath": book.get("pythonpath") or [], "resume": resume,
+                    "fence_after": opts.lease / 2})
+        return _Attempt(held, opts, signals, child, state, scratch).loop()
+    finally:
+        child.close()
+        if scratch:
+            scratch.remove()
+
+
+class _Attempt:
+    """The worker's event loop while the experiment runs: heartbeats, signals, timers, saves."""
+
+    def __init__(self, held, opts, signals, child, state, scratch):
+        self.held, self.opts, self.signals, self.child = held, opts, signals, child
+        self.state, self.scratch = state, scratch
+        now = booking.boottime()
+        self.started = now
+        self.next_beat = now + opts.heartbeat
+        self.stop_deadline = None
+        self.kill_reason = None
+        self.finish_up_at = now + opts.finish_up_after if opts.finish_up_after is not None else None
+        self.next_save = now + opts.save_every if opts.save_every else None
+        self.runtime_end = now + opts.max_runtime if opts.max_runtime is not None else None
+        self.final = None
+
+    def _deadlines(self):
+        return [t for t in (self.next_beat, self.stop_deadline, self.finish_up_at, self.next_save,
+                            self.runtime_end) if t is not None]
+
+    def loop(self):
+        fds = [self.child.result_fd] + ([self.signals.fd] if self.signals.fd is not None else [])
+        while True:
+            timeout = max(0.0, min(self._deadlines()) - booking.boottime())
+            try:
+                ready, _, _ = select.select(fds, [], [], timeout)
+            except InterruptedError:
+                ready = []
+            if self.signals.fd in ready:
+                self.signals.drain()
+            self._on_signals()
+            if self.child.result_fd in ready:
+                for msg in self.child.read_messages():
+                    self._on_message(msg)
+                if self.final is not None or self.child.eof:
+                    return self._finish()
+            now = booking.boottime()
+            if now >= self.next_beat:
+                self.next_beat = now + self.opts.heartbeat
+                if self.held.beat():
+                    return self._lost()
+                self.child.send({"op": "ping"})
+            if self.finish_up_at is not None and now >= self.finish_up_at:
+                self.finish_up_at = None
+                self.child.send({"op": "signal", "value": "finish-up"})
+            if self.next_save is not None and now >= self.next_save:
+                self.next_save = now + self.opts.save_every
+                self.child.send({"op": "signal", "value": "save"})
+            if self.runtime_end is not None and now >= self.runtime_end:
+                self._kill(f"killed after --max-runtime {self.opts.max_runtime:g}s")
+                return self._finish()
+            if self.stop_deadline is not None and now >= self.stop_deadline:
+                self._kill(f"killed: did not stop within --grace {self.opts.grace:g}s")
+                return self._finish()
+
+    def _on_signals(self):
+        if not self.signals.stop:
+            return
+        if self.stop_deadline is None:
+            self.stop_deadline = booking.boottime() + self.opts.grace
+            self.child.send({"op": "signal", "value": "stop"})
+        if self.signals.hard and self.kill_reason is None:
+            self.stop_deadline = booking.boottime()  # a second SIGTERM/SIGINT: stop now
+
+    def _on_message(self, msg):
+        op = msg.get("op")
+        if op == "save":
+            ok = self._commit_save(msg.get("state"))
+            self.child.send({"op": "reply", "ok": ok})
+        elif op in ("result", "error"):
+            self.final = msg
+
+    def _merge(self, child_state):
+        """The experiment's keys, with the worker's bookkeeping (the child cannot change it)."""
+        state = dict(child_state) if isinstance(child_state, dict) else dict(self.state)
+        state.pop("dbdict", None)
+        state["dbdict"] = self.state["dbdict"]  # the worker owns the bookkeeping
+        return state
+
+    def _commit_save(self, child_state):
+        if self.scratch and not self.held.fenced():
+            self.scratch.sync_back()
+        state = self._merge(child_state)
+        state["dbdict"]["saved"] = booking.utc_iso()
+        try:
+            self.held.write_state(state)
+        except Fenced:
+            return False
+        except WriteError as exc:
+            _warn(self.opts, f"{self.held.jobdir}: could not save: {exc}")
+            return False
+        self.state = state
+        return True
+
+    def _kill(self, reason):
+        self.kill_reason = reason
+        self.child.kill()
+
+    def _lost(self):
+        reason = self.held.fenced()
+        self.child.kill()
+        return Outcome(self.held.jobdir, "lost", EXIT_NOT_RUNNABLE,
+                       f"{self.held.jobdir}: stopped, this worker no longer holds the job: {reason}",
+                       self.held.epoch)
+
+    def _finish(self):
+        """The experiment ended (returned, raised, crashed or was killed): commit the end."""
+        code = self.child.wait(timeout=10 if self.final else 1)
+        if self.held.fenced():
+            return self._lost()
+        if self.scratch:
+            self.scratch.sync_back()
+        msg = self.final or {}
+        state = self._merge(msg.get("state"))
+        book = state["dbdict"]
+        now = booking.boottime()
+        book.update(end=booking.utc_iso(), duration=round(now - self.started, 3))
+        book.pop("pgid", None)
+        if msg.get("op") == "result" and msg.get("returned") == "complete":
+            book.update(status="done", returned="complete")
+            return _commit(self.held, state, EXIT_OK, f"{self.held.jobdir}: done")
+        if msg.get("op") == "result":
+            resumes = int(book.get("resumes", 0) or 0) + 1
+            book.update(returned="incomplete", resumes=resumes)
+            if self.opts.max_resumes is not None and resumes > self.opts.max_resumes:
+                book.update(status="failed", error=f"returned INCOMPLETE {resumes} times "
+                                                   f"(max_resumes {self.opts.max_resumes})")
+                return _commit(self.held, state, EXIT_FAILED, f"{self.held.jobdir}: failed: {book['error']}")
+            book.update(status="ready", priority=float(self.opts.restart_priority), requeue_epoch=self.held.epoch)
+            return _commit(self.held, state, EXIT_INCOMPLETE, f"{self.held.jobdir}: incomplete, requeued")
+        if msg.get("op") == "error":
+            book.update(status="failed", error=msg.get("error") or "the experiment raised")
+            return _commit(self.held, state, EXIT_FAILED, f"{self.held.jobdir}: failed: {book['error']}")
+        # No result: the child was killed (by us or by something else) or exited early.
+        reason = self.kill_reason or _death(code)
+        book.update(error=reason, returned=None)
+        if book["attempts"] >= self.opts.max_attempts:
+            book.update(status="failed", error=f"{reason} (attempt {book['attempts']} of max_attempts "
+                                               f"{self.opts.max_attempts})")
+            return _commit(self.held, state, EXIT_FAILED, f"{self.held.jobdir}: failed: {book['error']}")
+        book.update(status="ready")
+        return _commit(self.held, state, EXIT_INCOMPLETE, f"{self.held.jobdir}: {reason}; requeued")
+
+
+def _death(code):
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = str(-code)
+        return f"the experiment process was killed by {name}"
+    return f"the experiment process exited with code {code} without returning"
+
+
+def _commit(held, state, exit_code, message):
+    """Write the attempt's final state under the claim; its outcome (or why it could not)."""
+    status = state["dbdict"]["status"]
+    try:
+        held.write_state(state)
+    except Fenced as exc:
+        return Outcome(held.jobdir, "lost", EXIT_NOT_RUNNABLE, str(exc), held.epoch)
+    except WriteError as exc:
+        return Outcome(held.jobdir, "error", EXIT_USAGE,
+                       f"{exc}; the job was not marked {status} and will be retried after its lease",
+                       held.epoch)
+    jd.remove_older_states(held.jobdir, held.epoch)
+    return Outcome(held.jobdir, status, exit_code, message, held.epoch)
+
+
+def _warn(opts, text):
+    if not opts.quiet:
+        sys.stderr.write(f"dbdict: {text}\n")
+        sys.stderr.flush()
+
+
+# ---------------------------------------------------------------- the worker loop
+
+def scan(tree, select_rows=None):
+    """Candidates of one pass: (path, status, priority) of every job not final.
+
+    `select_rows(tree)` (from the query filters) may narrow which jobs are considered.
+    """
+    if select_rows is not None:
+        rows = select_rows(tree)
+        return [(r["dbdict.path"], r.get("dbdict.status"), r.get("dbdict.priority") or 0.0) for r in rows
+                if r.get("dbdict.status") not in booking.FINAL + ("corrupt",)]
+    out = []
+    for path in jd.iter_jobdirs(tree):
+        try:
+            _, state = jd.read_latest_state(path)
+        except DbdictError:
+            continue
+        book = state["dbdict"]
+        if book["status"] not in booking.FINAL:
+            out.append((path, book["status"], book["priority"]))
+        elif jd.list_job(path).claim_epoch > book["epoch"]:
+            out.append((path, "booked", book["priority"]))
+    return out
+
+
+def work(tree, *, max_jobs=None, wait=False, poll=None, select_rows=None, on_outcome=None, **options):
+    """Book runnable jobs of `tree` by priority and run them until none is left.
+
+    Scans the tree once into a candidate queue and books down it; a lost race just moves
+    on to the next candidate, so the cost of a booking does not grow with the tree. With
+    `wait`, polls (with back-off and jitter) while jobs are running elsewhere, so it can
+    take over the jobs of workers that die. Returns counts per outcome status.
+    """
+    opts = make_options(**options)
+    tree = os.fspath(tree)
+    if not os.path.isdir(tree):
+        raise UsageError(f"{tree}: no such directory")
+    if max_jobs is not None and (isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1):
+        raise UsageError(f"--max-jobs must be a whole number >= 1, not {max_jobs!r}")
+    poll = poll if poll is not None else min(opts.heartbeat, 10.0)
+    identity = booking.Identity.current()
+    observer = booking.Observer(identity)
+    counts = {}
+    ran = 0
+    with StopSignals() as signals:
+        backoff = poll / 4
+        while not signals.stop and (max_jobs is None or ran < max_jobs):
+            candidates = scan(tree, select_rows)
+            random.shuffle(candidates)  # ties in priority go to different workers
+            candidates.sort(key=lambda c: -(c[2] if isinstance(c[2], (int, float)) else 0.0))
+            progressed = False
+            for path, status, _ in candidates:
+                if signals.stop or (max_jobs is not None and ran >= max_jobs):
+                    break
+                try:
+                    held = booking.claim(path, identity=identity, observer=observer, lease=opts.lease,
+                                         heartbeat=opts.heartbeat, wait=True)
+                except (NotRunnable, CorruptJob, JobNotFound):
+                    continue
+                try:
+                    outcome = run_claimed(held, opts, signals)
+                except NotRunnable:
+                    continue
+                except (Fenced, WriteError) as exc:
+                    outcome = Outcome(path, "error", EXIT_USAGE, str(exc), held.epoch)
+                ran += 1
+                progressed = True
+                counts[outcome.status] = counts.get(outcome.status, 0) + 1
+                if on_outcome:
+                    on_outcome(outcome)
+            if progressed:
+                backoff = poll / 4
+                continue
+            if not wait or not candidates:
+                break
+            _sleep(signals, backoff * random.uniform(0.5, 1.5))
+            backoff = min(backoff * 2, poll)
+    if signals.stop:
+        counts["interrupted"] = 1
+    return counts
+
+
+def _sleep(signals, seconds):
+    """Sleep, but wake at once on a stop signal."""
+    if signals.fd is None:
+        time.sleep(seconds)
+        return
+    try:
+        select.select([signals.fd], [], [], seconds)
+    except InterruptedError:
+        pass
+    signals.drain()

@@ -1,0 +1,72 @@
+"""Node-local scratch (`--scratch DIR`): run the experiment in a local copy of its workdir.
+
+Files are synced back to the shared workdir one by one as temp file + rename, so the
+shared copy never holds a half-written checkpoint; the worker syncs only while it is not
+fenced (at every save and at the end).
+"""
+
+import os
+import secrets
+import shutil
+import tempfile
+
+
+def _files(root):
+    for top, dirs, names in os.walk(root):
+        dirs.sort()
+        for name in sorted(names):
+            path = os.path.join(top, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                yield os.path.relpath(path, root)
+
+
+def copy_atomic(src, dst):
+    """Copy one file so readers of `dst` see the old or the new file, never a part."""
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(dst), f".tmp.sync.{os.path.basename(dst)}.{secrets.token_hex(4)}")
+    try:
+        shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+class Scratch:
+    """A private local copy of a job's workdir."""
+
+    def __init__(self, workdir, base):
+        self.workdir = workdir
+        self.path = tempfile.mkdtemp(prefix="dbdict-scratch-", dir=base)
+        self._synced = {}
+        for rel in _files(workdir):
+            if os.path.basename(rel).startswith(".tmp."):
+                continue
+            dst = os.path.join(self.path, rel)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            shutil.copy2(os.path.join(workdir, rel), dst)
+            self._synced[rel] = self._signature(dst)
+
+    @staticmethod
+    def _signature(path):
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
+
+    def sync_back(self):
+        """Copy new and changed files back to the shared workdir (atomically per file)."""
+        for rel in _files(self.path):
+            src = os.path.join(self.path, rel)
+            try:
+                sig = self._signature(src)
+            except FileNotFoundError:
+                continue
+            if self._synced.get(rel) == sig:
+                continue
+            copy_atomic(src, os.path.join(self.workdir, rel))
+            self._synced[rel] = sig
+
+    def remove(self):
+        shutil.rmtree(self.path, ignore_errors=True)

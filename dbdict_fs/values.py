@@ -1,0 +1,160 @@
+"""Config values: what a key and a value may be, canonical hashing, and scalars typed on the
+command line like YAML scalars (never eval)."""
+
+import hashlib
+import json
+import math
+import re
+
+from .errors import UsageError
+
+RESERVED = "dbdict"
+HASH_LENGTH = 12
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_config(config, where="config"):
+    """Validate a generated config: identifier keys at every level, `dbdict` reserved, and
+    JSON-typed values (str, int, finite float, bool, None, lists, mappings).
+
+    Returns a plain-dict deep copy, so later changes to the caller's dict do not leak in.
+    """
+    if not isinstance(config, dict):
+        raise UsageError(f"{where}: expected a dict, got {type(config).__name__}")
+    if RESERVED in config:
+        raise UsageError(f"{where}: the key {RESERVED!r} is reserved for dbdict_fs")
+    return _check_mapping(config, where, "")
+
+
+def _check_mapping(mapping, where, prefix):
+    out = {}
+    for key, value in mapping.items():
+        if not isinstance(key, str) or not _IDENT.match(key):
+            raise UsageError(f"{where}: key {prefix}{key!r} is not an identifier ([A-Za-z_][A-Za-z0-9_]*)")
+        out[key] = _check_value(value, where, f"{prefix}{key}")
+    return out
+
+
+def _check_value(value, where, name):
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise UsageError(f"{where}: {name} = {value!r}: NaN and infinity are not allowed in a config")
+        return float(value)
+    if isinstance(value, dict):
+        return _check_mapping(value, where, name + ".")
+    if isinstance(value, (list, tuple)):
+        return [_check_value(v, where, f"{name}[{i}]") for i, v in enumerate(value)]
+    hint = " (quote it to keep it as text)" if type(value).__name__ in ("date", "datetime") else ""
+    raise UsageError(f"{where}: {name} has a value of type {type(value).__name__}, "
+                     f"not one of str, int, float, bool, null, list, mapping{hint}")
+
+
+def canonical(config, experiment):
+    """Sorted-key JSON of the user keys and the experiment: the text a job's identity hashes."""
+    return json.dumps({"config": config, "experiment": experiment}, sort_keys=True,
+                      separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def config_hash(config, experiment):
+    return hashlib.sha256(canonical(config, experiment).encode("utf-8")).hexdigest()[:HASH_LENGTH]
+
+
+def parse_scalar(text):
+    """Type a command-line value like a YAML scalar: 3 -> int, 0.1 -> float, true -> bool,
+    null -> None, [1, 2] -> list; anything else stays a string. Dates stay strings."""
+    import yaml  # lazily: the query path should not pay for it unless a filter needs it
+
+    if not text.strip():
+        return text
+    try:
+        value = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError:
+        return text
+    if type(value).__name__ in ("date", "datetime") or isinstance(value, dict):
+        return text  # `2026-01-01` and `a: b` stay text: they are not scalars here
+    return value
+
+
+def split_assignment(arg):
+    """'key=value' -> (key, text). Keys may be dotted (model.arch)."""
+    key, sep, text = arg.partition("=")
+    key = key.strip()
+    if not sep or not key or not all(_IDENT.match(p) for p in key.split(".")):
+        raise UsageError(f"expected key=value, got {arg!r}")
+    return key, text
+
+
+def parse_grid(args):
+    """Grid arguments `lr={0.1,0.01} seed={1,2,3} model.arch=resnet` -> list of configs.
+
+    `{a,b}` lists alternatives (crossed with every other key); a single value is used as is.
+    A key given twice also lists alternatives, so bash's own brace expansion of an unquoted
+    `lr={0.1,0.01}` into `lr=0.1 lr=0.01` means the same. Dotted keys build nested mappings.
+    """
+    axes = {}
+    for arg in args:
+        key, text = split_assignment(arg)
+        stripped = text.strip()
+        if stripped.startswith("{") and stripped.endswith("}") and ":" not in stripped:
+            choices = [parse_scalar(t.strip()) for t in _split_top(stripped[1:-1])]
+            if not choices:
+                raise UsageError(f"{arg!r}: an empty set of values")
+        else:
+            choices = [parse_scalar(text)]
+        axes.setdefault(key, []).extend(choices)
+    configs = [{}]
+    for key, choices in axes.items():
+        configs = [_set_dotted(_deepcopy(c), key, v) for c in configs for v in choices]
+    return configs
+
+
+def _split_top(text):
+    """Split on commas not inside brackets or quotes: '1,[2,3],"a,b"' -> 3 parts."""
+    parts, depth, quote, cur = [], 0, None, []
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+            continue
+        cur.append(ch)
+    if cur or parts:
+        parts.append("".join(cur))
+    return [p for p in parts if p.strip()]
+
+
+def _deepcopy(config):
+    return json.loads(json.dumps(config))
+
+
+def _set_dotted(config, key, value):
+    node = config
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UsageError(f"{key}: {part} is already a value, not a mapping")
+    node[parts[-1]] = value
+    return config
+
+
+def merge(base, extra):
+    """Deep-merge `extra` into a copy of `base` (grid arguments over generated dicts)."""
+    out = _deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
