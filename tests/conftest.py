@@ -1,0 +1,63 @@
+"""Shared fixtures: real trees in awkward paths, and the commands run as real processes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EXPERIMENTS = os.path.join(HERE, "experiments")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", help="also run the long stress tests")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow stress run: use --run-slow (make test-slow)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """A tree path with a space and non-ASCII characters in it (not created yet)."""
+    base = tmp_path / "sweep dir é"
+    base.mkdir()
+    return base / "tree"
+
+
+def experiment(name):
+    """Spec of one of the test experiments in tests/experiments/exps.py."""
+    return f"{os.path.join(EXPERIMENTS, 'exps.py')}:{name}"
+
+
+def run_cli(*args, cwd=None, env=None, timeout=120, prog="dbdict", input=None):
+    """Run a command of ours as a real process; returns CompletedProcess (text)."""
+    module = {"dbdict": "main", "dbdict-run-job": "main_run_job", "dbdict-query": "main_query"}[prog]
+    code = f"import sys; from dbdict_fs.cli import {module}; sys.exit({module}())"
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout, input=input)
+
+
+def read_state(jobdir):
+    """The latest state of a job, as the protocol defines it (highest state.<E>.yaml)."""
+    from dbdict_fs import jobdir as jd
+
+    return jd.read_latest_state(str(jobdir))[1]
+
+
+def jobdirs(tree):
+    from dbdict_fs import jobdir as jd
+
+    return sorted(jd.iter_jobdirs(str(tree)))
+
+
+def load_json_lines(text):
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
