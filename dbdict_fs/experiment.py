@@ -145,6 +145,8 @@ def _defines(path, attr):
                 names.update(n.id for n in ast.walk(t) if isinstance(n, ast.Name))
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.Expr):
+            continue  # docstrings and bare calls define nothing
         else:
             return True  # conditional definitions etc.: do not guess
     return attr in names

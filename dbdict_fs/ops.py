@@ -1,0 +1,271 @@
+"""Operating a sweep: status, requeue, cancel, show and logs (DESIGN.md 7).
+
+Every change is made under a claim, like a worker's (DESIGN.md 4): the command links
+claim.<T+1>, re-reads the state it won, and writes state.<T+1>.yaml; a running worker is
+fenced at its next heartbeat and its late writes are hidden.
+"""
+
+import copy
+import json
+import os
+import sys
+import time
+
+from . import booking
+from . import jobdir as jd
+from .errors import DbdictError, NotRunnable, UsageError
+
+CANCELABLE = ("ready", "booked", "running", "stale")
+REQUEUEABLE = ("failed", "canceled", "stale", "done", "ready", "running", "booked")
+NEEDS_FORCE = ("done", "running", "booked")
+
+
+# ---------------------------------------------------------------- changing jobs
+
+def change_job(jobdir, transform, purpose):
+    """Apply `transform(state, epoch) -> new state or None` to a job under a new claim.
+
+    The decision is taken twice: on the state read before claiming (so jobs that need no
+    change cost no claim), and again on the state read after winning (the compare-and-swap).
+    Returns True when a new state was written.
+    """
+    _, state = jd.read_latest_state(jobdir)
+    if transform(copy.deepcopy(state), None) is None:
+        return False
+    held = booking.claim(jobdir, force=True, purpose=purpose, wait=False,
+                         lease=booking.DEFAULT_LEASE, heartbeat=booking.DEFAULT_HEARTBEAT)
+    new = transform(copy.deepcopy(held.state), held.epoch)
+    if new is None:
+        booking.give_back(held)
+        return False
+    held.write_state(new)
+    jd.remove_older_states(jobdir, held.epoch)
+    return True
+
+
+def effective_status(state, selected_as):
+    """The status a change decides on: the written one, or the derived one (stale, booked)
+    the row was selected by while the written status still agrees with it."""
+    status = state["dbdict"]["status"]
+    if selected_as in ("stale", "booked") and status in ("running", "ready"):
+        return selected_as
+    return status
+
+
+def requeue_transform(statuses, selected_as, priority=None):
+    """ready again, if the job's status is one of `statuses`."""
+    def transform(state, epoch):
+        if effective_status(state, selected_as) not in statuses:
+            return None
+        book = state["dbdict"]
+        book.update(status="ready", error=None, returned=None)
+        book.pop("pgid", None)
+        if epoch is not None:
+            book["requeue_epoch"] = epoch
+        if priority is not None:
+            book["priority"] = float(priority)
+        return state
+    return transform
+
+
+def cancel_transform(selected_as):
+    def transform(state, epoch):
+        if effective_status(state, selected_as) not in CANCELABLE:
+            return None
+        state["dbdict"].update(status="canceled")
+        state["dbdict"].pop("pgid", None)
+        return state
+    return transform
+
+
+def _select(tree, args):
+    from . import query
+
+    return query.select(tree, args)
+
+
+def _change_many(args, transform_for, purpose, past):
+    rows = _select(args.tree, args)
+    changed = failed = 0
+    for row in rows:
+        path = row["dbdict.path"]
+        selected_as = row.get("dbdict.status")
+        transform = transform_for(selected_as)
+        if transform is None:
+            continue
+        if args.dry_run:
+            print(f"would be {past}: {path} ({selected_as})")
+            changed += 1
+            continue
+        try:
+            if change_job(path, transform, purpose):
+                print(f"{past}: {path} (was {selected_as})")
+                changed += 1
+        except DbdictError as exc:
+            print(f"Error: {exc}", file=sys.stderr)
+            failed += 1
+    what = "would change" if args.dry_run else past
+    print(f"{what} {changed} of {len(rows)} selected jobs", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def cmd_requeue(args):
+    statuses = tuple(s.strip() for s in args.status.split(",") if s.strip())
+    unknown = [s for s in statuses if s not in REQUEUEABLE]
+    if unknown:
+        raise UsageError(f"requeue --status: unknown status {unknown[0]!r} (one of {', '.join(REQUEUEABLE)})")
+    forced = [s for s in statuses if s in NEEDS_FORCE]
+    if forced and not args.force:
+        raise UsageError(f"requeue --status {forced[0]}: add --force to requeue {forced[0]} jobs")
+
+    def transform_for(selected_as):
+        if selected_as not in statuses:
+            return None
+        return requeue_transform(statuses, selected_as, args.priority)
+
+    return _change_many(args, transform_for, "requeue", "requeued")
+
+
+def cmd_cancel(args):
+    def transform_for(selected_as):
+        return cancel_transform(selected_as) if selected_as in CANCELABLE else None
+
+    return _change_many(args, transform_for, "cancel", "canceled")
+
+
+# ---------------------------------------------------------------- status
+
+def cmd_status(args):
+    rows = _select(args.tree, args)
+    counts = {}
+    for row in rows:
+        status = row.get("dbdict.status") or "corrupt"
+        counts[status] = counts.get(status, 0) + 1
+    running = [_running_row(r) for r in rows if r.get("dbdict.status") in ("running", "stale", "booked")]
+    failures = sorted((r for r in rows if r.get("dbdict.status") == "failed"),
+                      key=lambda r: str(r.get("dbdict.end") or ""), reverse=True)[:5]
+    if args.format == "json":
+        print(json.dumps({"counts": counts, "total": len(rows), "running": running,
+                          "failed": [{"path": r["dbdict.path"], "error": r.get("dbdict.error")} for r in failures]},
+                         indent=2))
+        return 0
+    order = ("ready", "booked", "running", "stale", "done", "failed", "canceled", "corrupt")
+    parts = [f"{counts[s]} {s}" for s in order if counts.get(s)]
+    print(f"{len(rows)} jobs: " + (", ".join(parts) if parts else "none"))
+    if running:
+        print("\nrunning:")
+        for r in running:
+            age = "?" if r["heartbeat_age"] is None else f"{r['heartbeat_age']:.0f}s"
+            print(f"  {r['status']:8} {r['path']}  host {r['host']} pid {r['pid']}  "
+                  f"attempt {r['attempts']}  heartbeat {age} ago")
+    if failures:
+        print("\nrecent failures:")
+        for r in failures:
+            print(f"  {r['dbdict.path']}: {r.get('dbdict.error') or '?'}")
+    return 0
+
+
+def _running_row(row):
+    path = row["dbdict.path"]
+    age, token = None, {}
+    try:
+        listing = jd.list_job(path)
+        top = listing.claim_epoch
+        if top:
+            token = jd.read_claim(path, top)
+            age = booking.wallclock() - os.stat(os.path.join(path, jd.claim_name(top))).st_mtime
+    except (OSError, DbdictError):
+        pass
+    return {"path": path, "status": row.get("dbdict.status"), "host": token.get("host", row.get("dbdict.host")),
+            "pid": token.get("pid", row.get("dbdict.pid")), "cluster_job": token.get("cluster_job"),
+            "attempts": row.get("dbdict.attempts"), "start": row.get("dbdict.start"),
+            "heartbeat_age": None if age is None else round(age, 1)}
+
+
+# ---------------------------------------------------------------- show and logs
+
+def _require_job(path):
+    if not os.path.isdir(path):
+        raise UsageError(f"{path}: no such directory")
+    if not os.path.isfile(os.path.join(path, jd.CONFIG)):
+        raise UsageError(f"{path}: not a job directory (no config.yaml)")
+
+
+def attempt_history(jobdir):
+    """One entry per claim: who took the job, when, and why (claims are never deleted)."""
+    listing = jd.list_job(jobdir)
+    out = []
+    for epoch in sorted(listing.claim_epochs):
+        try:
+            token = jd.read_claim(jobdir, epoch)
+        except OSError:
+            token = {}
+        out.append({"epoch": epoch, "purpose": token.get("purpose", "?"), "host": token.get("host"),
+                    "pid": token.get("pid"), "time": token.get("time"), "cluster_job": token.get("cluster_job")})
+    return out
+
+
+def cmd_show(args):
+    _require_job(args.jobdir)
+    config = jd.read_config(args.jobdir)
+    _, state = jd.read_latest_state(args.jobdir)
+    history = attempt_history(args.jobdir)
+    if args.format == "json":
+        print(json.dumps({"path": args.jobdir, "config": config, "state": state, "claims": history}, indent=2))
+        return 0
+    with open(os.path.join(args.jobdir, jd.CONFIG), encoding="utf-8", errors="replace") as f:
+        print(f"# {args.jobdir}\n\n## config.yaml\n{f.read().rstrip()}")
+    print(f"\n## state (epoch {state['dbdict']['epoch']})")
+    print(json.dumps(state, indent=2, ensure_ascii=False))
+    print("\n## claims")
+    if not history:
+        print("  (never booked)")
+    for h in history:
+        extra = f" cluster job {h['cluster_job']}" if h.get("cluster_job") else ""
+        print(f"  claim.{h['epoch']}: {h['purpose']:8} {h['host']} pid {h['pid']} at {h['time']}{extra}")
+    return 0
+
+
+def split_attempts(text):
+    """Split a stdout/stderr file into attempts at their header lines."""
+    attempts, current = [], None
+    for line in text.splitlines(keepends=True):
+        if line.startswith("==== dbdict attempt "):
+            current = [line]
+            attempts.append(current)
+        elif current is None:
+            current = [line]
+            attempts.append(current)
+        else:
+            current.append(line)
+    return ["".join(a) for a in attempts]
+
+
+def cmd_logs(args):
+    _require_job(args.jobdir)
+    path = os.path.join(args.jobdir, jd.STDERR if args.stderr else jd.STDOUT)
+    with open(path, "rb") as f:
+        text = f.read().decode("utf-8", errors="replace")
+        if args.attempt is not None:
+            parts = split_attempts(text)
+            if args.attempt > len(parts):
+                raise UsageError(f"{args.jobdir}: there are {len(parts)} attempts in {os.path.basename(path)}, "
+                                 f"not {args.attempt}")
+            text = parts[args.attempt - 1]
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        if not args.follow:
+            return 0
+        while True:
+            chunk = f.read()
+            if chunk:
+                sys.stdout.write(chunk.decode("utf-8", errors="replace"))
+                sys.stdout.flush()
+                continue
+            try:
+                _, state = jd.read_latest_state(args.jobdir)
+            except DbdictError:
+                state = {"dbdict": {"status": "running"}}
+            if state["dbdict"]["status"] != "running":
+                return 0
+            time.sleep(0.5)
