@@ -148,10 +148,13 @@ def cmd_work(args):
     select_rows = _selector(args)
 
     def report(outcome):
-        if not args.quiet:
-            print(f"{outcome.status:8} {outcome.jobdir}" + (f"  ({outcome.message})" if outcome.status
-                                                              not in ("done",) and outcome.message else ""),
-                  file=sys.stderr)
+        if args.quiet:
+            return
+        message = outcome.message
+        if message.startswith(outcome.jobdir + ": "):
+            message = message[len(outcome.jobdir) + 2:]
+        detail = f"  ({message})" if message and outcome.status != "done" else ""
+        print(f"{outcome.status:8} {outcome.jobdir}{detail}", file=sys.stderr)
 
     counts = work(args.tree, max_jobs=args.max_jobs, wait=args.wait, select_rows=select_rows,
                   on_outcome=report, **_run_options(args))
@@ -470,6 +473,12 @@ def main(argv=None, prog="dbdict", only=None):
             raise
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         print(f"Error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:  # noqa: BLE001 - a bug of ours: still one line, never a traceback
+        if debug:
+            raise
+        print(f"Error: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+              file=sys.stderr)
         return EXIT_USAGE
 
 
