@@ -105,6 +105,8 @@ def _alive(pid, start_ticks):
 
 
 def _group_alive(pgid):
+    """Whether a process group has a live (non-zombie) member. Zombies left unreaped by a
+    container's init must not keep a dead worker's job from being recovered."""
     if not isinstance(pgid, int) or pgid <= 1:
         return False
     try:
@@ -113,7 +115,17 @@ def _group_alive(pgid):
         return False
     except PermissionError:
         return True
-    return True
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
 
 
 # ---------------------------------------------------------------- options
