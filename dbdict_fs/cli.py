@@ -83,6 +83,15 @@ def _add_run_options(p):
     g.add_argument("-q", "--quiet", action="store_true", help="print less")
 
 
+def _add_config_printing(p):
+    p.add_argument("--print-defaults", action="store_true",
+                   help="print the defaults a class experiment declares, create nothing")
+    p.add_argument("--print-config", action="store_true",
+                   help="print each full config (defaults filled in), create nothing")
+    p.add_argument("--no-check-keys", action="store_true",
+                   help="do not reject keys a class experiment's defaults do not declare")
+
+
 def _run_options(args):
     return {k: getattr(args, k) for k in RUN_OPTIONS if getattr(args, k, None) is not None}
 
@@ -124,12 +133,38 @@ def cmd_create(args):
     grid_configs = parse_grid(grid)
     base = generator if source is not None else [{}]
     configs = (merge(b, g) if isinstance(b, dict) else b for b in base for g in grid_configs)
-    result = create_jobs(args.tree, configs, experiment, name=args.name, priority=args.priority,
-                         dry_run=args.dry_run, duplicates="add" if args.allow_duplicates else "skip")
+    if args.print_defaults or args.print_config:
+        return _print_experiment_config(experiment, configs if args.print_config else None)
+    from .progress import Progress
+
+    with Progress("creating jobs", quiet=args.quiet) as bar:
+        result = create_jobs(args.tree, configs, experiment, name=args.name, priority=args.priority,
+                             dry_run=args.dry_run, duplicates="add" if args.allow_duplicates else "skip",
+                             check_keys=not args.no_check_keys, progress=bar.update)
     for path in result.created:
         print(f"dbdict-run-job run {path}" if args.print_commands else path)
     verb = "would create" if args.dry_run else "created"
     print(f"{verb} {len(result.created)}, skipped {len(result.skipped)} duplicates", file=sys.stderr)
+    return 0
+
+
+def _print_experiment_config(experiment, configs):
+    """--print-defaults (configs None) or --print-config: YAML on stdout, nothing created."""
+    import yaml
+
+    from .experiment import declared_defaults, resolve_experiment
+    from .values import check_config, merge
+
+    spec, pythonpath = resolve_experiment(experiment)
+    defaults = declared_defaults(spec, pythonpath) or {}
+    if configs is None:
+        if not defaults:
+            print(f"# {experiment} declares no defaults", file=sys.stderr)
+            return 0
+        sys.stdout.write(yaml.safe_dump(defaults, default_flow_style=False, sort_keys=False))
+        return 0
+    docs = [merge(defaults, check_config(c, where=f"config #{i}")) for i, c in enumerate(configs)]
+    sys.stdout.write(yaml.safe_dump_all(docs, default_flow_style=False, sort_keys=False))
     return 0
 
 
@@ -188,9 +223,12 @@ def cmd_cmdline(args):
     configs = parse_grid(args.assignments)
     if len(configs) != 1:
         raise UsageError("cmdline runs one experiment: use `dbdict create` for a grid of values")
+    if args.print_defaults or args.print_config:
+        return _print_experiment_config(args.experiment, configs if args.print_config else None)
     stamp = utc_iso().replace(":", "").replace("-", "")
     name = f"{stamp}-{os.getpid()}"
-    result = create_jobs(args.tree, configs, args.experiment, name=name, duplicates="add")
+    result = create_jobs(args.tree, configs, args.experiment, name=name, duplicates="add",
+                         check_keys=not args.no_check_keys)
     jobdir = result.created[0]
     print(f"job directory: {jobdir}", file=sys.stderr)
     outcome = run_job(jobdir, **_run_options(args))
@@ -294,6 +332,8 @@ examples:
         p.add_argument("--print-commands", action="store_true", help="print `dbdict-run-job run DIR` lines")
         p.add_argument("--allow-duplicates", action="store_true",
                        help="add a repeated config under a new name instead of skipping it")
+        _add_config_printing(p)
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     p = add("run", cmd_run, "book and run one job", f"""
 Book one job and run its experiment once. Exit codes: 0 done, 1 failed, 2 usage or input
@@ -336,6 +376,7 @@ example:
         p.add_argument("assignments", nargs="*", metavar="key=value")
         p.set_defaults(_rest="assignments")
         p.add_argument("--tree", default="dbdict-cmdline", help="where the job directory goes")
+        _add_config_printing(p)
         _add_run_options(p)
 
     p = add("query", cmd_query, "query a tree with filters, expressions or SQL", f"""

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 from . import jobdir as jd
 from .errors import DbdictError, UsageError
-from .experiment import resolve_experiment
+from .experiment import check_keys as check_key_names
+from .experiment import declared_defaults, resolve_experiment
 from .values import check_config, config_hash
 
 DEFAULT_PRIORITY = 1.0
@@ -34,13 +35,15 @@ def utc_now():
 
 
 def create_jobs(tree, generator, experiment, *, name=None, priority=DEFAULT_PRIORITY,
-                dry_run=False, duplicates="skip", cwd=None):
+                dry_run=False, duplicates="skip", cwd=None, check_keys=True, progress=None):
     """Write one job directory per distinct config of `generator` (an iterable of dicts).
 
     `experiment` is "module:attr" or "path/file.py:attr" (resolved now, recorded in the
     config). `name` is an optional template such as "{model.arch}/lr{lr}_s{seed}";
     by default a job lives at TREE/<hash[:2]>/<hash>. `duplicates="add"` adds a repeated
-    config under a new name instead of skipping it.
+    config under a new name instead of skipping it. A class experiment that declares
+    `defaults` rejects configs with keys it does not know (`check_keys=False` skips that).
+    `progress(n_done, n_total)` is called as jobs are written.
     """
     if duplicates not in ("skip", "add"):
         raise UsageError(f"duplicates must be 'skip' or 'add', not {duplicates!r}")
@@ -55,9 +58,16 @@ def create_jobs(tree, generator, experiment, *, name=None, priority=DEFAULT_PRIO
     if isinstance(generator, dict):
         raise UsageError("create_jobs takes an iterable of dicts, not one dict (wrap it in a list)")
     jobs = _plan(tree, generator, experiment, name, duplicates)
+    if check_keys:
+        defaults = declared_defaults(experiment, pythonpath)
+        if defaults:
+            for rel, config, _ in jobs:
+                check_key_names(config, defaults, where=f"config {rel}")
     result = CreateResult()
     existing_hashes = _hashes_in_tree(tree) if name and duplicates == "skip" else None
-    for rel, config, digest in jobs:
+    for done, (rel, config, digest) in enumerate(jobs):
+        if progress is not None:
+            progress(done, len(jobs))
         path = os.path.join(tree, rel)
         if existing_hashes is not None and digest in existing_hashes:
             result.skipped.append(existing_hashes[digest])

@@ -198,6 +198,64 @@ def resolve_experiment(spec, cwd=None):
     return spec, pythonpath
 
 
+def _source_of(spec, pythonpath=()):
+    target, _, is_file = split_spec(spec)
+    if is_file:
+        return target
+    old_path = list(sys.path)
+    sys.path[:0] = list(pythonpath or ())
+    try:
+        found = importlib.util.find_spec(target)
+    except (ImportError, ValueError):
+        return None
+    finally:
+        sys.path[:] = old_path
+    return found.origin if found is not None and found.has_location else None
+
+
+def _is_class(path, attr):
+    try:
+        with open(path, "rb") as f:
+            tree = ast.parse(f.read(), filename=path)
+    except (OSError, SyntaxError, ValueError):
+        return False
+    return any(isinstance(n, ast.ClassDef) and n.name == attr for n in tree.body)
+
+
+def declared_defaults(spec, pythonpath=()):
+    """The `defaults` a class-form experiment declares, or None for a function experiment.
+
+    Only a class's module is imported (to read inherited defaults too); the source is
+    read with ast first, so function experiments never run at creation.
+    """
+    path = _source_of(spec, pythonpath)
+    if not path or not path.endswith(".py") or not _is_class(path, split_spec(spec)[1]):
+        return None
+    try:
+        obj = load_experiment(spec, pythonpath)
+    except ExperimentError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - user code: report in one line
+        raise ExperimentError(f"cannot import {spec} to read its defaults: {type(exc).__name__}: {exc} "
+                              f"(--no-check-keys skips this)") from None
+    defaults = getattr(obj, "defaults", None)
+    return dict(defaults) if isinstance(defaults, dict) and defaults else None
+
+
+def check_keys(config, defaults, where, prefix=""):
+    """Reject keys an experiment does not declare (the seed's dconfig validation)."""
+    import difflib
+
+    for key, value in config.items():
+        if key not in defaults:
+            close = difflib.get_close_matches(key, [str(k) for k in defaults], n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ExperimentError(f"{where}: unknown key '{prefix}{key}': the experiment declares "
+                                  f"{', '.join(prefix + k for k in sorted(map(str, defaults)))}{hint}")
+        if isinstance(value, dict) and isinstance(defaults[key], dict):
+            check_keys(value, defaults[key], where, f"{prefix}{key}.")
+
+
 def load_experiment(spec, pythonpath=()):
     """Import the experiment callable or class named by a resolved spec (in the child)."""
     target, attr, is_file = split_spec(spec)

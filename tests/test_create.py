@@ -237,3 +237,19 @@ create_jobs({str(tree)!r}, ({{"i": i, "pad": "x" * 2000}} for i in range(100000)
     again = create_jobs(tree, [{"i": i, "pad": "x" * 2000} for i in range(len(jobs) + 5)], experiment("double"))
     assert len(again.created) + len(again.skipped) == len(jobs) + 5
     assert len(jobdirs(tree)) >= len(jobs) + 5 - 0
+
+
+def test_class_defaults_check_keys_and_print(tree):
+    bad = run_cli("create", tree, "-e", experiment("Counter"), "nn=3")
+    assert bad.returncode == 2 and "unknown key 'nn'" in bad.stderr and "did you mean 'n'" in bad.stderr
+    nested = run_cli("create", tree, "-e", experiment("Counter"), "opt.lrr=3")
+    assert nested.returncode == 2 and "unknown key 'opt.lrr'" in nested.stderr
+    assert not os.path.exists(tree)
+    skip = run_cli("create", tree, "-e", experiment("Counter"), "nn=3", "--no-check-keys")
+    assert skip.returncode == 0
+    defaults = run_cli("create", tree, "-e", experiment("Counter"), "--print-defaults")
+    assert yaml.safe_load(defaults.stdout) == {"n": 3, "opt": {"lr": 0.1}}
+    config = run_cli("cmdline", experiment("Counter"), "n=5", "--print-config")
+    assert yaml.safe_load(config.stdout) == {"n": 5, "opt": {"lr": 0.1}}
+    # function experiments are never imported at creation and accept any key
+    assert run_cli("create", tree, "-e", experiment("double"), "anything=1").returncode == 0
