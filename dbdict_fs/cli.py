@@ -399,14 +399,17 @@ examples:
 Counts per status (ready, booked, running, stale, done, failed, canceled, corrupt) and the
 running jobs with host, pid and heartbeat age.
 
-example:
+examples:
   {prog} status tree
   {prog} status tree --format json
+  {prog} status tree --watch 5
 """)
     if p:
         p.add_argument("tree", metavar="TREE")
         _add_filters(p)
         p.add_argument("--format", choices=("table", "json"), default="table")
+        p.add_argument("--watch", type=_seconds, nargs="?", const=2.0, metavar="S",
+                       help="refresh every S seconds (default 2) until Ctrl-C")
 
     p = add("requeue", cmd_requeue, "make failed, canceled or stale jobs ready again", f"""
 Make jobs ready again, safely while workers run (each change is a claim, DESIGN.md 4).

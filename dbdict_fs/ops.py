@@ -136,6 +136,21 @@ def cmd_cancel(args):
 # ---------------------------------------------------------------- status
 
 def cmd_status(args):
+    if not getattr(args, "watch", None):
+        return _status_once(args)
+    try:
+        while True:
+            if sys.stdout.isatty():
+                sys.stdout.write("\x1b[H\x1b[2J")  # clear the screen between refreshes
+            print(f"{booking.utc_iso()}  (every {args.watch:g}s, Ctrl-C to stop)")
+            _status_once(args)
+            sys.stdout.flush()
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _status_once(args):
     rows = _select(args.tree, args)
     counts = {}
     for row in rows:
