@@ -1,0 +1,633 @@
+"""The index: every job of a tree as one row of an in-memory SQLite table `jobs` (DESIGN.md 6).
+
+One column per dotted key (`lr`, `model.arch`, `dbdict.status`, `dbdict.path`), values typed.
+An optional cache outside the tree lets a re-query of an unchanged tree skip every job whose
+directory has not changed, without opening it.
+"""
+
+import json
+import marshal
+import os
+import sqlite3
+import time
+
+from . import jobdir as jd
+from .errors import DbdictError, UsageError
+from .where import compile_where, quote
+
+TABLE = "jobs"
+PATH, STATUS, ERROR = "dbdict.path", "dbdict.status", "dbdict.error"
+DEFAULT_LEASE = 600.0  # seconds, when a claim's token names none (as booking.DEFAULT_LEASE)
+LIVE = ("running", "booked")  # statuses that turn `stale` when the top claim's lease ran out
+# A directory (or state file) modified less than this long before we read it may change again
+# within the same timestamp tick without its mtime moving: such cache entries are re-read.
+TRUST_SECONDS = 2.0
+MAX_COLUMNS = 1900  # SQLite's default limit is 2000 columns per table
+CACHE_MAGIC = b"dbdict_fs index cache 1\n"
+
+_INT64 = 2 ** 63
+_KINDS = {int: "INTEGER", bool: "INTEGER", float: "REAL", str: "TEXT"}
+
+
+# ---------------------------------------------------------------- reading one job
+
+def flatten(data, prefix="", out=None):
+    """Nested mappings -> one dict of dotted keys; lists as JSON text, other scalars as is."""
+    if out is None:
+        out = {}
+    for key, value in data.items():
+        key = prefix + (key if type(key) is str else str(key))
+        kind = type(value)
+        if kind is dict:
+            if value:
+                flatten(value, key + ".", out)
+            else:
+                out[key] = "{}"
+        elif kind is str or kind is bool or value is None:
+            out[key] = value
+        elif kind is int:
+            out[key] = value if -_INT64 <= value < _INT64 else str(value)  # SQLite ints are 64-bit
+        elif kind is float:
+            out[key] = None if value != value else value  # SQLite stores NaN as NULL anyway
+        elif kind is list or kind is tuple:
+            out[key] = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+        else:  # a YAML-only type in a hand-edited file (date, bytes, set)
+            out[key] = str(value)
+    return out
+
+
+def _read_fd(fd, size):
+    """Read a whole file from `fd`, at most MAX_FILE_BYTES + 1 bytes."""
+    cap = jd.MAX_FILE_BYTES + 1
+    chunks, total = [], 0
+    want = min(size + 1, cap)
+    while total < cap:
+        chunk = os.read(fd, max(want - total, 65536) if total else want)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def parse_state(raw, path, epoch):
+    """Parse and validate a state file's bytes, as jobdir.read_state_file does, but faster.
+
+    The fast path is plain `json.loads` when the file is too small to exceed jobdir's node
+    budget and has too few brackets to exceed its depth limit; anything else goes through
+    jobdir.parse_text (JSON, then safe YAML, with the size checks), so the verdicts agree.
+    """
+    if len(raw) > jd.MAX_FILE_BYTES:
+        raise jd.CorruptJob(path, f"larger than {jd.MAX_FILE_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise jd.CorruptJob(path, "not UTF-8 text") from None
+    data = _MISSING
+    if len(raw) <= jd.MAX_NODES and raw.count(b"{") + raw.count(b"[") <= jd.MAX_DEPTH:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            pass
+    if data is _MISSING:
+        data = jd.parse_text(text, path)
+    return jd.validate_state(data, path, epoch)
+
+
+_MISSING = object()
+
+
+def claim_lease(token):
+    lease = token.get("lease", DEFAULT_LEASE)
+    if isinstance(lease, bool) or not isinstance(lease, (int, float)) or lease <= 0:
+        return DEFAULT_LEASE
+    return float(lease)
+
+
+def live_status(jobdir, raw_status, claim_epoch, lease, now):
+    """`stale` when the top claim's mtime (the heartbeat) is older than its lease, by our clock."""
+    if not claim_epoch:
+        return "stale"  # running with no claim at all: nobody can be heartbeating it
+    try:
+        mtime = os.stat(os.path.join(jobdir, jd.claim_name(claim_epoch))).st_mtime
+    except OSError:
+        return "stale"
+    return "stale" if now - mtime > lease else raw_status
+
+
+def read_job(jobdir, names, want_keys):
+    """One job -> (row, meta). Never raises for the job's own files: a bad job is `corrupt`.
+
+    meta = [state_epoch, claim_epoch, raw_status, lease, state_key]; state_key is the state
+    file's (inode, mtime_ns, ctime_ns, size) when `want_keys`, for the cache.
+    """
+    listing = jd.Listing(names)
+    epoch = state_key = None
+    try:
+        for _ in range(20):
+            epoch = listing.state_epoch
+            if epoch is None:
+                raise jd.CorruptJob(jobdir, "no state.<E>.yaml file")
+            path = os.path.join(jobdir, jd.state_name(epoch))
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:  # a newer holder removed it: list again (DESIGN.md 3)
+                listing = jd.list_job(jobdir)
+                continue
+            try:
+                st = os.fstat(fd)  # before reading: a later write moves the key (see TRUST_SECONDS)
+                raw = _read_fd(fd, st.st_size)
+            finally:
+                os.close(fd)
+            if want_keys:
+                state_key = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_mtime, st.st_ctime)
+            break
+        else:
+            raise jd.CorruptJob(jobdir, "state files keep disappearing while being read")
+        state = parse_state(raw, path, epoch)
+    except DbdictError as exc:
+        return corrupt_row(jobdir, getattr(exc, "reason", str(exc))), [epoch, 0, "corrupt", None, state_key]
+    except OSError as exc:
+        return corrupt_row(jobdir, exc.strerror or str(exc)), [epoch, 0, "corrupt", None, state_key]
+    row = flatten(state)
+    claim_epoch = listing.claim_epoch
+    raw_status = "booked" if claim_epoch > epoch else state["dbdict"]["status"]
+    lease = None
+    status = raw_status
+    if raw_status in LIVE:
+        try:
+            lease = claim_lease(jd.read_claim(jobdir, claim_epoch)) if claim_epoch else DEFAULT_LEASE
+        except OSError:
+            lease = DEFAULT_LEASE
+        status = live_status(jobdir, raw_status, claim_epoch, lease, time.time())
+    row[STATUS] = status
+    row[PATH] = jobdir
+    return row, [epoch, claim_epoch, raw_status, lease, state_key]
+
+
+def corrupt_row(jobdir, reason):
+    """A corrupt job's row: its config's keys when config.yaml is readable, status and reason."""
+    row = {}
+    try:
+        flatten(jd.read_config(jobdir), "", row)
+    except (DbdictError, OSError):
+        pass
+    row[STATUS] = "corrupt"
+    row[ERROR] = reason
+    row[PATH] = jobdir
+    return row
+
+
+# ---------------------------------------------------------------- the table
+
+def _column_type(types):
+    kinds = {_KINDS.get(t, "TEXT") for t in types if t is not type(None)}
+    # One kind -> that type; mixed columns get none, so every value keeps its own type
+    # (INTEGER/REAL/TEXT affinity would convert some of them).
+    return kinds.pop() if len(kinds) == 1 else ""
+
+
+def fill_table(conn, rows):
+    """Create table `jobs` from flat row dicts (rowid = position + 1). Returns (keysets, dropped).
+
+    Columns are typed from every value they hold; SQLite column names ignore case, so keys
+    that differ only in case share the column spelled first in sorted order, and a job that
+    has two such keys itself is made corrupt. Beyond MAX_COLUMNS the rarest keys are dropped.
+    """
+    groups = {}
+    for i, row in enumerate(rows, 1):
+        keys = tuple(row)
+        group = groups.get(keys)
+        if group is None:
+            groups[keys] = group = []
+        group.append((i, *row.values()))
+    for keys in [k for k in groups if len({x.lower() for x in k}) < len(k)]:
+        for item in groups.pop(keys):
+            row = rows[item[0] - 1]
+            bad = corrupt_row(row[PATH], "keys that differ only in case (SQLite column names ignore case)")
+            rows[item[0] - 1] = bad
+            groups.setdefault(tuple(bad), []).append((item[0], *bad.values()))
+    spelling, types, counts = {}, {}, {}
+    for keys, group in groups.items():
+        columns = list(zip(*group))
+        for j, key in enumerate(keys, 1):
+            low = key.lower()
+            if low not in spelling or key < spelling[low]:
+                spelling[low] = key
+            types.setdefault(low, set()).update(map(type, columns[j]))
+            counts[low] = counts.get(low, 0) + len(group)
+    for name in (PATH, STATUS):
+        spelling.setdefault(name, name)
+        types.setdefault(name, {str})
+    dropped = []
+    if len(spelling) > MAX_COLUMNS:
+        keep = sorted(spelling, key=lambda low: (low not in (PATH, STATUS, ERROR), -counts.get(low, 0), low))
+        dropped = sorted(spelling[low] for low in keep[MAX_COLUMNS:])
+        for low in keep[MAX_COLUMNS:]:
+            del spelling[low]
+    names = sorted(spelling.values(), key=lambda n: (n.startswith("dbdict."), n))
+    decls = ", ".join(f"{quote(n)} {_column_type(types[n.lower()])}".rstrip() for n in names)
+    conn.execute(f"CREATE TABLE {TABLE} ({decls})")
+    for keys, group in groups.items():
+        keep = [j for j, k in enumerate(keys, 1) if k.lower() in spelling]
+        if len(keep) < len(keys):
+            group = [(g[0], *(g[j] for j in keep)) for g in group]
+            keys = tuple(keys[j - 1] for j in keep)
+        cols = ", ".join(quote(spelling[k.lower()]) for k in keys)
+        marks = ", ".join("?" * (len(keys) + 1))
+        conn.executemany(f"INSERT INTO {TABLE} (rowid, {cols}) VALUES ({marks})", group)
+    conn.commit()
+    keysets = {keys: n for n, keys in enumerate(dict.fromkeys(tuple(r) for r in rows))}
+    return keysets, dropped
+
+
+# ---------------------------------------------------------------- the cache
+
+def cache_dir():
+    """Where index caches live: $DBDICT_CACHE_DIR, else $XDG_CACHE_HOME/dbdict_fs (~/.cache)."""
+    path = os.environ.get("DBDICT_CACHE_DIR")
+    if not path:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        path = os.path.join(base, "dbdict_fs")
+    return path
+
+
+def cache_path(tree):
+    """One cache file per (absolute tree, tree as given): dbdict.path keeps the user's spelling."""
+    import hashlib
+
+    key = f"{os.path.abspath(tree)}\0{tree}".encode("utf-8", "surrogateescape")
+    return os.path.join(cache_dir(), f"index-{hashlib.sha1(key).hexdigest()[:24]}.bin")
+
+
+def _load_cache(path, tree, tree_dev):
+    """(header, db bytes) of a cache file for this tree, or None if absent or unusable."""
+    try:
+        with open(path, "rb") as f:
+            blob = f.read()
+    except OSError:
+        return None
+    n = len(CACHE_MAGIC)
+    if blob[:n] != CACHE_MAGIC or len(blob) < n + 8:
+        return None
+    size = int.from_bytes(blob[n:n + 8], "little")
+    try:
+        header = marshal.loads(blob[n + 8:n + 8 + size])
+    except (EOFError, ValueError, TypeError):
+        return None
+    db = blob[n + 8 + size:]
+    if (not isinstance(header, dict) or header.get("tree") != tree or header.get("dev") != tree_dev
+            or header.get("abs") != os.path.abspath(tree) or header.get("db_size") != len(db)):
+        return None
+    return header, db
+
+
+def _write_cache(path, header, conn):
+    """Replace the cache file as a whole (temp file + rename): readers see old or new."""
+    directory = os.path.dirname(path)
+    tmp = os.path.join(directory, f".tmp.{os.path.basename(path)}.{os.getpid()}.{time.monotonic_ns()}")
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        db = conn.serialize()
+        header = dict(header, db_size=len(db))
+        meta = marshal.dumps(header)
+        with open(tmp, "wb") as f:
+            f.write(CACHE_MAGIC + len(meta).to_bytes(8, "little"))
+            f.write(meta)
+            f.write(db)
+        os.replace(tmp, path)
+    except (OSError, sqlite3.Error, ValueError):
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass  # the cache is only an optimization: a read-only or full disk is not an error
+
+
+# ---------------------------------------------------------------- building
+
+def build_index(tree, cache=True, progress=False):
+    """Index every job below `tree` into an in-memory SQLite table `jobs`. Returns an Index.
+
+    `cache`: reuse and refresh the on-disk cache (outside the tree, see cache_dir()).
+    `progress`: show a bar on stderr when it is a terminal and indexing takes over a second.
+    """
+    tree = os.fspath(tree)
+    try:
+        tree_stat = os.stat(tree)
+    except OSError:
+        raise UsageError(f"{tree}: no such directory") from None
+    if not os.path.isdir(tree):
+        raise UsageError(f"{tree}: not a directory")
+    builder = _Builder(tree, tree_stat.st_dev, cache, progress)
+    try:
+        return builder.build()
+    finally:
+        builder.close()
+
+
+class _Builder:
+    """One indexing run: walk, reuse or read each job, then fill (or patch) the table."""
+
+    def __init__(self, tree, dev, cache, progress):
+        self.tree = tree
+        self.dev = dev
+        self.use_cache = bool(cache) and hasattr(sqlite3.Connection, "serialize")
+        self.progress = None
+        if progress:
+            from .progress import Progress
+
+            self.progress = Progress("indexing", delay=1.0)
+        self.count = 0
+        self.stats = {"jobs": 0, "read": 0, "reused": 0, "cache": "off"}
+
+    def close(self):
+        if self.progress is not None:
+            self.progress.close()
+
+    def _tick(self):
+        self.count += 1
+        if self.progress is not None and not self.count & 255:
+            self.progress.update(self.count, None)
+
+    def build(self):
+        self.start = time.time()
+        old = None
+        path = None
+        if self.use_cache:
+            path = cache_path(self.tree)
+            old = _load_cache(path, self.tree, self.dev)
+            self.stats["cache"] = "miss" if old is None else "hit"
+        old_meta = old[0]["meta"] if old else {}
+        kept, fresh = self._walk(old_meta)
+        self.stats.update(jobs=len(kept) + len(fresh), read=len(fresh), reused=len(kept))
+        if old and not fresh and len(kept) == len(old_meta):
+            conn = sqlite3.connect(":memory:")
+            conn.deserialize(old[1])
+            self._refresh_live(conn, kept)
+            return Index(conn, self.tree, self.stats)
+        rows = self._rows(old, kept, fresh)
+        conn = sqlite3.connect(":memory:")
+        table_rows = [r for _, r, _ in rows]
+        keysets, dropped = fill_table(conn, table_rows)  # may turn rows corrupt, in place
+        self.stats["dropped_columns"] = dropped
+        if self.use_cache:
+            meta = {}
+            for rowid, ((rel, original, m), row) in enumerate(zip(rows, table_rows), 1):
+                if row is not original:  # made corrupt by fill_table
+                    m = m[:4] + ["corrupt", None] + m[6:7]
+                meta[rel] = tuple(m[:7]) + (keysets[tuple(row)], rowid)
+            header = {"tree": self.tree, "abs": os.path.abspath(self.tree), "dev": self.dev,
+                      "written": time.time(), "meta": meta, "keysets": list(keysets)}
+            _write_cache(path, header, conn)
+        return Index(conn, self.tree, self.stats)
+
+    def _walk(self, old_meta):
+        """Find every job. Returns (kept, fresh): kept = [(rel, cached meta)] reused unopened,
+        fresh = [(rel, row, meta)] read now. meta = [dir_key, trusted, state_epoch,
+        claim_epoch, raw_status, lease, state_key, ...]."""
+        tree, kept, fresh = self.tree, [], []
+        try:
+            names = os.listdir(tree)
+        except OSError as exc:
+            raise UsageError(f"{tree}: {exc.strerror or exc}") from None
+        if jd.CONFIG in names:  # the tree is itself one job
+            row, meta = read_job(tree, names, False)
+            return [], [(".", row, [None, False] + meta)]
+        use_cache = self.use_cache
+        stack = [(tree, "")]
+        while stack:
+            top, prefix = stack.pop()
+            try:
+                with os.scandir(top) as it:
+                    entries = [e for e in it if e.name[0] != "."]
+            except OSError:
+                continue
+            for entry in entries:
+                try:
+                    if not entry.is_dir(follow_symlinks=False):
+                        continue
+                    rel = prefix + entry.name
+                    st = entry.stat(follow_symlinks=False) if use_cache else None
+                except OSError:
+                    continue
+                path = entry.path
+                if use_cache:
+                    # Keyed before listing: a change after this moves the key (DESIGN.md 6).
+                    dir_key = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+                    cached = old_meta.get(rel)
+                    if cached is not None and cached[1] and cached[0] == dir_key and self._same_state(path, cached):
+                        kept.append((rel, cached))
+                        self._tick()
+                        continue
+                try:
+                    names = os.listdir(path)
+                except OSError:
+                    continue
+                if jd.CONFIG not in names:
+                    stack.append((path, rel + "/"))
+                    continue
+                row, meta = read_job(path, names, use_cache)
+                trusted = False
+                if use_cache:
+                    newest = max(st.st_mtime, st.st_ctime)
+                    if meta[4] is not None:
+                        newest = max(newest, meta[4][4], meta[4][5])
+                        meta[4] = meta[4][:4]
+                    trusted = self.start - newest > TRUST_SECONDS
+                    meta = [dir_key, trusted] + meta
+                else:
+                    meta = [None, False] + meta
+                fresh.append((rel, row, meta))
+                self._tick()
+        return kept, fresh
+
+    @staticmethod
+    def _same_state(path, cached):
+        """The cached state file is still there, unchanged (catches in-place edits too)."""
+        epoch, state_key = cached[2], cached[6]
+        if state_key is None:
+            return epoch is None
+        try:
+            st = os.stat(f"{path}/state.{epoch}.yaml")  # jd.state_name(epoch), inlined: hot path
+        except OSError:
+            return False
+        return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size) == tuple(state_key)
+
+    def _rows(self, old, kept, fresh):
+        """Every job's (rel, row, meta), sorted by path: cached rows are read back from the
+        cached table, so the table is built exactly as a cold run would build it."""
+        out = [(rel, row, meta) for rel, row, meta in fresh]
+        if kept:
+            conn = sqlite3.connect(":memory:")
+            conn.deserialize(old[1])
+            cur = conn.execute(f"SELECT rowid, * FROM {TABLE}")
+            index = {d[0].lower(): i for i, d in enumerate(cur.description)}
+            values = {r[0]: r for r in cur}
+            conn.close()
+            keysets = old[0]["keysets"]
+            now = time.time()
+            for rel, meta in kept:
+                vals = values[meta[8]]
+                row = {}
+                for key in keysets[meta[7]]:
+                    i = index.get(key.lower())
+                    if i is not None:
+                        row[key] = vals[i]
+                if meta[4] in LIVE:
+                    row[STATUS] = live_status(row[PATH], meta[4], meta[3], meta[5], now)
+                out.append((rel, row, list(meta)))
+        out.sort(key=lambda item: item[0])
+        return out
+
+    def _refresh_live(self, conn, kept):
+        """Cached running/booked jobs: `stale` depends on the clock and the claim's mtime."""
+        now = time.time()
+        updates = [(live_status(os.path.join(self.tree, rel), meta[4], meta[3], meta[5], now), meta[8])
+                   for rel, meta in kept if meta[4] in LIVE]
+        if updates:
+            conn.executemany(f"UPDATE {TABLE} SET {quote(STATUS)} = ? WHERE rowid = ?", updates)
+            conn.commit()
+
+
+# ---------------------------------------------------------------- the Python API
+
+class Index:
+    """The jobs of a tree in an in-memory SQLite table `jobs`; rows come back as dicts."""
+
+    def __init__(self, conn, tree, stats=None):
+        self.conn = conn
+        self.tree = tree
+        self.stats = stats or {}
+        self._columns = None
+
+    def __len__(self):
+        return self.conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0]
+
+    def __repr__(self):
+        return f"<Index of {self.tree!r}: {len(self)} jobs>"
+
+    @property
+    def columns(self):
+        """Column names, user keys first (sorted), then the `dbdict.` ones."""
+        if self._columns is None:
+            self._columns = [r[1] for r in self.conn.execute(f"PRAGMA table_info({TABLE})")]
+        return list(self._columns)
+
+    @property
+    def corrupt(self):
+        """[(path, reason)] of every job whose files cannot be parsed or do not validate."""
+        err = quote(ERROR) if ERROR in self.columns else "NULL"
+        return list(self.conn.execute(f"SELECT {quote(PATH)}, {err} FROM {TABLE} "
+                                      f"WHERE {quote(STATUS)} = 'corrupt' ORDER BY rowid"))
+
+    def resolve(self, name):
+        """The column a user's name means: itself (case-insensitive, as SQLite) or the
+        `dbdict.` bookkeeping key of that name (`status` -> `dbdict.status`)."""
+        lower = {c.lower(): c for c in self.columns}
+        for candidate in (name, "dbdict." + name):
+            column = lower.get(candidate.lower())
+            if column is not None:
+                return column
+        import difflib
+
+        choices = self.columns + [c[len("dbdict."):] for c in self.columns if c.startswith("dbdict.")]
+        close = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        if not close:
+            user = [c for c in self.columns if not c.startswith("dbdict.")]
+            hint = f" (columns: {', '.join(user[:12])}{', ...' if len(user) > 12 else ''})" if user else ""
+        raise UsageError(f"unknown column {name!r}{hint}")
+
+    def sql(self, query, params=()):
+        """Run any SQL on the index; rows as dicts keyed by the result's column names."""
+        return _dicts(self.conn.execute(query, params))
+
+    def select(self, filters=None, where=None, sort=None, limit=None, columns=None):
+        """Rows matching every filter (a dict or (key, value) pairs, ANDed) and the `where`
+        expression, sorted by `sort` ("key", "-key" or a list, NULLs last), path otherwise."""
+        clauses, params = [], []
+        items = filters.items() if isinstance(filters, dict) else (filters or ())
+        for key, value in items:
+            if isinstance(value, dict):
+                for sub, subvalue in flatten(value, key + ".").items():
+                    self._equals(sub, subvalue, clauses, params)
+            else:
+                self._equals(key, value, clauses, params)
+        if where:
+            sql, where_params = compile_where(where, self.resolve)
+            clauses.append(f"({sql})")
+            params.extend(where_params)
+        cols = "*" if not columns else ", ".join(quote(self.resolve(c)) for c in columns)
+        query = f"SELECT {cols} FROM {TABLE}"
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
+        order = []
+        for key in ([sort] if isinstance(sort, str) else (sort or ())):
+            for part in (p.strip() for p in key.split(",")):
+                if not part:
+                    continue
+                desc = part.startswith("-")
+                column = quote(self.resolve(part.lstrip("-+")))
+                order.append(f"{column} IS NULL, {column}{' DESC' if desc else ''}")
+        query += " ORDER BY " + ", ".join(order + ["rowid"])
+        if limit is not None:
+            query += " LIMIT ?"
+            params.append(int(limit))
+        return self.sql(query, params)
+
+    def _equals(self, key, value, clauses, params):
+        column = quote(self.resolve(key))
+        if value is None:
+            clauses.append(f"{column} IS NULL")
+            return
+        if isinstance(value, (list, tuple)):
+            value = json.dumps(list(value), ensure_ascii=False, separators=(",", ":"), default=str)
+        clauses.append(f"{column} = ?")
+        params.append(value)
+
+    def filter_by(self, **filters):
+        """Rows whose keys equal the values given: filter_by(lr=0.01, **{"model.arch": "x"})."""
+        return self.select(filters)
+
+    def where(self, expr):
+        """Rows matching a --where expression: `lr > 0.01 and model.arch == "resnet"`."""
+        return self.select(where=expr)
+
+    def all_ordered_by(self, key):
+        """Every row sorted by `key` ("-key" for descending)."""
+        return self.select(sort=key)
+
+    def save(self, path):
+        """Export the index to a SQLite file, replaced as a whole (temp file + rename)."""
+        path = os.fspath(path)
+        tmp = os.path.join(os.path.dirname(path) or ".", f".tmp.{os.path.basename(path)}.{os.getpid()}")
+        try:
+            target = sqlite3.connect(tmp)
+            try:
+                self.conn.commit()
+                self.conn.backup(target)
+            finally:
+                target.close()
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        return path
+
+    def to_pandas(self, query=None, params=()):
+        """A pandas DataFrame of the table (or of a query); pandas is optional."""
+        try:
+            import pandas
+        except ImportError:
+            raise UsageError("to_pandas() needs pandas: pip install pandas") from None
+        return pandas.read_sql_query(query or f"SELECT * FROM {TABLE} ORDER BY rowid", self.conn, params=params)
+
+
+def _dicts(cursor):
+    if cursor.description is None:
+        return []
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row)) for row in cursor]
