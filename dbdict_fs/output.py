@@ -1,0 +1,81 @@
+"""Printing rows: one function for every format, and the shared --format/--columns options.
+
+csv, json and jsonl are for pipes: no colour, no progress, nothing but the rows on stdout.
+`table` is for people (rich, imported only then).
+"""
+
+import json
+import sys
+
+FORMATS = ("table", "csv", "json", "jsonl")
+
+
+def split_columns(text):
+    """'a, b,c' -> ['a', 'b', 'c'] (the --columns value)."""
+    columns = [c.strip() for c in text.split(",") if c.strip()]
+    if not columns:
+        import argparse
+
+        raise argparse.ArgumentTypeError("expected column names separated by commas")
+    return columns
+
+
+def add_output_arguments(parser, formats=FORMATS, default="table", columns=True):
+    """Add --format (and --columns) to a command that prints rows."""
+    parser.add_argument("--format", choices=formats, default=default,
+                        help=f"output format (default {default}); csv, json and jsonl are for pipes")
+    if columns:
+        parser.add_argument("--columns", type=split_columns, metavar="A,B,...",
+                            help="columns to print, in this order (dotted names; `status` = dbdict.status)")
+
+
+def print_rows(rows, columns=None, fmt="table", file=None):
+    """Print row dicts in `fmt`. `columns` picks and orders them (default: every key seen).
+
+    json is one array of flat objects keyed by the dotted column names, jsonl one object
+    per line, csv a header row of the same names; missing values are null / empty.
+    """
+    file = sys.stdout if file is None else file
+    if columns is None:
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+    if fmt == "json":
+        json.dump([{c: row.get(c) for c in columns} for row in rows], file, ensure_ascii=False)
+        file.write("\n")
+    elif fmt == "jsonl":
+        for row in rows:
+            file.write(json.dumps({c: row.get(c) for c in columns}, ensure_ascii=False) + "\n")
+    elif fmt == "csv":
+        import csv
+
+        writer = csv.writer(file, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([["" if row.get(c) is None else row.get(c) for c in columns] for row in rows])
+    elif fmt == "table":
+        _print_table(rows, columns, file)
+    else:
+        raise ValueError(f"unknown output format {fmt!r} (one of {', '.join(FORMATS)})")
+
+
+def _cell(value):
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _print_table(rows, columns, file):
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(file=file)
+    if not rows:
+        console.print(Text("no matching jobs", style="dim"))
+        return
+    table = Table(show_edge=False, header_style="bold", pad_edge=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(Text(_cell(row.get(c))) for c in columns))  # Text: values are never markup
+    console.print(table)

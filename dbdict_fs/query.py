@@ -1,0 +1,190 @@
+"""`dbdict query` / `dbdict-query`: filters, --where, --sql, sorting and output (DESIGN.md 7).
+
+The filters are shared with work, status, requeue and cancel: add_filter_arguments() adds
+them to a parser, select() turns them into rows.
+"""
+
+import re
+import sys
+
+from . import output
+from .errors import UsageError
+from .index import PATH, STATUS, build_index
+
+# Command-line values are typed like YAML scalars (values.parse_scalar, which needs PyYAML);
+# these common shapes are typed here without importing it, exactly as PyYAML would.
+_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)\Z")
+_FLOAT = re.compile(r"[-+]?[0-9]+\.[0-9]*(?:[eE][-+][0-9]+)?\Z")
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_YAML_WORDS = {w for base in ("yes", "no", "true", "false", "on", "off", "null")
+               for w in (base, base.capitalize(), base.upper())}
+_SAFE_PRAGMAS = {"table_info", "table_xinfo", "table_list", "index_list", "index_info",
+                 "function_list", "pragma_list", "collation_list", "compile_options"}
+
+
+def parse_value(text):
+    """A filter's value typed like a YAML scalar: 3 -> int, 0.1 -> float, true -> True,
+    null -> None, [1, 2] -> list, anything else -> str. Never eval."""
+    if _INT.match(text):
+        return int(text)
+    if _FLOAT.match(text):
+        return float(text)
+    if _WORD.match(text) and text not in _YAML_WORDS:
+        return text
+    from .values import parse_scalar
+
+    return parse_scalar(text)
+
+
+def parse_filters(tokens):
+    """['lr=0.1', 'status=done'] -> [('lr', 0.1), ('status', 'done')]."""
+    from .values import split_assignment
+
+    out = []
+    for token in tokens or ():
+        key, text = split_assignment(token)
+        out.append((key, parse_value(text)))
+    return out
+
+
+def fix_negative_sort(argv):
+    """Rewrite `--sort -key` as `--sort=-key`: argparse would take `-key` for an option."""
+    out, i = [], 0
+    argv = list(argv)
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            out.extend(argv[i:])
+            break
+        if arg == "--sort" and i + 1 < len(argv) and argv[i + 1].startswith("-") and not argv[i + 1].startswith("--"):
+            out.append(f"--sort={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
+def _limit(text):
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a count >= 0, got {text!r}")
+    return value
+
+
+def add_filter_arguments(parser):
+    """key=value filters (ANDed) and --where EXPR, as every command that selects jobs takes."""
+    parser.add_argument("filters", nargs="*", metavar="key=value",
+                        help="keep jobs whose key equals the value (typed like YAML: lr=0.01, "
+                             "model.arch=resnet; status=done means dbdict.status=done)")
+    parser.add_argument("--where", metavar="EXPR",
+                        help="a boolean expression over columns: 'lr > 0.01 and model.arch == \"resnet\"' "
+                             "(= != < <= > >=, and/or/not, in (...), like, is null)")
+    parser.set_defaults(_rest="filters")
+
+
+def add_arguments(parser):
+    """The arguments of `dbdict query` / `dbdict-query`."""
+    parser.add_argument("tree", metavar="TREE")
+    add_filter_arguments(parser)
+    parser.add_argument("--sql", metavar="SQL",
+                        help="run a read-only SQL query on the table `jobs` (quote dotted names: \"model.arch\")")
+    parser.add_argument("--sort", metavar="[-]KEY[,...]",
+                        help="sort by these columns, `-key` descending (NULLs last); default: by path")
+    parser.add_argument("--limit", type=_limit, metavar="N", help="print at most N rows")
+    output.add_output_arguments(parser)
+    parser.add_argument("--no-cache", action="store_true",
+                        help="read every job's files (skip the index cache in ~/.cache/dbdict_fs)")
+
+
+def _options(args, overrides):
+    names = ("filters", "where", "sort", "limit", "no_cache")
+    opts = {name: getattr(args, name, None) for name in names} if args is not None else {}
+    opts.update(overrides)
+    filters = opts.get("filters")
+    if filters and not isinstance(filters, dict):
+        filters = [f if isinstance(f, tuple) else parse_filters([f])[0] for f in filters]
+    opts["filters"] = filters
+    return opts
+
+
+def select(tree, args=None, **options):
+    """Rows (dicts, every column) of the jobs of `tree` matching the filters of `args` (an
+    argparse namespace) or keyword options: filters (['k=v', ...], [(k, v)] or a dict),
+    where, sort, limit, no_cache."""
+    opts = _options(args, options)
+    index = build_index(tree, cache=not opts.get("no_cache"))
+    return index.select(opts["filters"], opts.get("where"), opts.get("sort"), opts.get("limit"))
+
+
+def run(args):
+    """`dbdict query`: print the selected rows. Returns the exit code."""
+    opts = _options(args, {})
+    fmt = args.format
+    if args.sql and (opts["filters"] or args.where or args.sort):
+        raise UsageError("--sql cannot be combined with key=value filters, --where or --sort")
+    show_progress = fmt == "table" or sys.stdout.isatty()
+    index = build_index(args.tree, cache=not args.no_cache, progress=show_progress)
+    if args.sql:
+        rows, columns = run_sql(index, args.sql, args.limit)
+        if args.columns:
+            missing = [c for c in args.columns if c not in columns]
+            if missing:
+                raise UsageError(f"--columns: {missing[0]!r} is not a column of the --sql result "
+                                 f"({', '.join(columns)})")
+            columns = args.columns
+    else:
+        rows = index.select(opts["filters"], args.where, args.sort, args.limit)
+        if args.columns:
+            columns = [c for name in args.columns for c in
+                       (index.columns if name == "*" else [index.resolve(name)])]
+        else:
+            columns = default_columns(index, rows if fmt == "table" else None)
+    output.print_rows(rows, columns, fmt)
+    if fmt == "table":
+        corrupt = index.conn.execute('SELECT count(*) FROM jobs WHERE "dbdict.status" = ?', ("corrupt",)).fetchone()[0]
+        if corrupt:
+            print(f"warning: {corrupt} corrupt job{'s' if corrupt != 1 else ''} in {args.tree} "
+                  f"(list them: dbdict query {args.tree} status=corrupt --columns path,error)", file=sys.stderr)
+    return 0
+
+
+def default_columns(index, rows=None):
+    """The user's keys, then status and path; for a table, only keys some row has a value for."""
+    user = [c for c in index.columns if not c.startswith("dbdict.")]
+    if rows is not None:
+        user = [c for c in user if any(row.get(c) is not None for row in rows)]
+    return user + [STATUS, PATH]
+
+
+def run_sql(index, sql, limit=None):
+    """Run a user's --sql read-only: the authorizer allows reading and functions only."""
+    import sqlite3
+
+    def authorize(action, arg1, arg2, dbname, source):
+        if action in (sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_RECURSIVE):
+            return sqlite3.SQLITE_OK
+        if action == sqlite3.SQLITE_FUNCTION:
+            return sqlite3.SQLITE_DENY if (arg2 or "").lower() == "load_extension" else sqlite3.SQLITE_OK
+        if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() in _SAFE_PRAGMAS:
+            return sqlite3.SQLITE_OK
+        return sqlite3.SQLITE_DENY
+
+    conn = index.conn
+    conn.set_authorizer(authorize)
+    try:
+        cursor = conn.execute(sql)
+        if cursor.description is None:
+            raise UsageError("--sql: the statement returned no rows (only SELECT queries are allowed)")
+        columns = [d[0] for d in cursor.description]
+        data = cursor.fetchall() if limit is None else cursor.fetchmany(limit)
+    except (sqlite3.Error, sqlite3.Warning) as exc:
+        raise UsageError(f"--sql: {exc}") from None
+    finally:
+        conn.set_authorizer(None)
+    return [dict(zip(columns, row)) for row in data], columns
