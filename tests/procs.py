@@ -301,6 +301,20 @@ def read_log(path):
     return runs
 
 
+# ---------------------------------------------------------------- experiments of these tests
+
+EXPERIMENTS = os.path.abspath(__file__)  # spec: f"{procs.EXPERIMENTS}:lingering"
+
+
+def lingering(state, channel):
+    """Returns at once, but a non-daemon thread keeps its process alive `linger` seconds
+    (as a library's pool or a flush at exit may)."""
+    import threading
+
+    threading.Thread(target=time.sleep, args=(state.linger,)).start()
+    state.result = "returned"
+
+
 # ---------------------------------------------------------------- the shim
 
 def shim_main(argv):

@@ -140,7 +140,7 @@ def test_sigstopped_holder_is_stolen_and_writes_nothing(tree, hosts, holder):
     t_steal = wait_claim(job, 2, lease + 30)
     last_beat = os.stat(claim_path(job, 1)).st_mtime
     assert t_steal - last_beat >= lease - 0.05, (t_steal - last_beat)
-    assert t_steal - t_stop >= lease - beat - 0.5
+    assert t_steal - t_stop >= lease / 2
     assert jd.read_claim(job, 2)["pid"] == b.pid
     wait_for(lambda: state_is(job, "running", 2), 30, what="B to start the job")
 
@@ -174,13 +174,13 @@ def test_sigstopped_holder_is_stolen_and_writes_nothing(tree, hosts, holder):
 def test_other_host_steals_only_after_observing_the_lease(tree, hosts):
     lease, beat = 4.0, 0.5
     timing = ["--lease", lease, "--heartbeat", beat]
-    job = make_jobs(tree, [{"sleep": 3}], "sleeper")[0]
+    job = make_jobs(tree, [{"sleep": 5}], "sleeper")[0]
     a = hosts.add(["work", tree, *timing], name="A", host="hostA", clock_offset=300)
     wait_for(lambda: state_is(job, "running", 1) and child_pid(job), 60, what="A to run the job")
     a_child = child_pid(job)
     b = hosts.add(["work", tree, "--wait", *timing], name="B", host="hostB", clock_offset=-300)
     time.sleep(1.0)  # B is watching A's live, heartbeating claim
-    assert claim_epochs(job) == [1]
+    assert claim_epochs(job) == [1] and state_is(job, "running", 1)
 
     t_kill = time.time()
     assert a.kill9() == 128 + signal.SIGKILL
@@ -210,12 +210,12 @@ def test_other_host_steals_only_after_observing_the_lease(tree, hosts):
 def test_same_host_worker_takes_a_dead_workers_job_at_once(tree, hosts):
     lease, beat = 60.0, 1.0  # a steal within seconds can only be the fast path
     timing = ["--lease", lease, "--heartbeat", beat]
-    job = make_jobs(tree, [{"sleep": 2}], "sleeper")[0]
+    job = make_jobs(tree, [{"sleep": 4}], "sleeper")[0]
     a = hosts.add(["work", tree, *timing], name="A", host="nodeX")
     wait_for(lambda: state_is(job, "running", 1) and child_pid(job), 60, what="A to run the job")
     b = hosts.add(["work", tree, "--wait", *timing], name="B", host="nodeX")
     time.sleep(1.0)
-    assert claim_epochs(job) == [1]  # A is alive: B leaves it alone
+    assert claim_epochs(job) == [1] and state_is(job, "running", 1)  # A is alive: B leaves it alone
     t_kill = time.time()
     a.kill9()
     t_steal = wait_claim(job, 2, 30)
@@ -226,14 +226,14 @@ def test_same_host_worker_takes_a_dead_workers_job_at_once(tree, hosts):
 
 
 def test_one_shot_run_refuses_a_live_holder_and_takes_a_dead_ones_job(tree, hosts):
-    job = make_jobs(tree, [{"sleep": 1}], "sleeper")[0]
+    job = make_jobs(tree, [{"sleep": 4}], "sleeper")[0]
     a = hosts.add(["work", tree, "--lease", 60, "--heartbeat", 1], name="A")
     wait_for(lambda: state_is(job, "running", 1) and child_pid(job), 60, what="A to run the job")
 
     refused = run_cli("run", job, "--lease", 60, "--heartbeat", 1)
     assert refused.returncode == 4, refused.stderr
     assert f"pid {a.pid}" in refused.stderr and "claim.1" in refused.stderr, refused.stderr
-    assert claim_epochs(job) == [1] and state_is(job, "running", 1)
+    assert claim_epochs(job) == [1] and state_is(job, "running", 1)  # refused, and nothing changed
 
     a.kill9()
     t0 = time.monotonic()
@@ -249,13 +249,15 @@ def test_one_shot_run_refuses_a_live_holder_and_takes_a_dead_ones_job(tree, host
     pytest.param("none", marks=pytest.mark.xfail(strict=True, reason=(
         "booking._alive counts a zombie worker as alive: a worker whose parent is an init "
         "that never reaps stays a zombie after kill -9, and the same-host fast path never "
-        "fires (fix proposed in the report: treat state Z/X in /proc/<pid>/stat as dead)"))),
+        "fires (fix: treat state Z/X in /proc/<pid>/stat as dead; "
+        "/tmp/booking-fixes/zombie-worker-fast-path.patch)"))),
 ])
 def test_fast_path_when_init_does_not_reap(tree, hosts, reap):
-    job = make_jobs(tree, [{"sleep": 1}], "sleeper")[0]
+    job = make_jobs(tree, [{"sleep": 3}], "sleeper")[0]
     a = hosts.add(["work", tree, "--lease", 60, "--heartbeat", 1], name="A", reap=reap)
     wait_for(lambda: state_is(job, "running", 1) and child_pid(job), 60, what="A to run the job")
     orphan = child_pid(job)
+    assert state_is(job, "running", 1)
     a.kill9()
     wait_for(lambda: procs.proc_state(orphan) == "Z", 10, what="the experiment to die (a zombie)")
     assert procs.proc_state(a.pid) == ("Z" if reap == "none" else None)
@@ -263,6 +265,19 @@ def test_fast_path_when_init_does_not_reap(tree, hosts, reap):
     assert taken.returncode == 0, taken.stderr
     listing, state = latest(job)
     assert state["dbdict"]["status"] == "done" and state["dbdict"]["epoch"] == listing.claim_epoch == 2
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "runner._Attempt._finish blocks in child.wait(timeout=10) without heartbeats after the "
+    "result arrived: an experiment whose process takes more than ~L/2 to exit loses its "
+    "completed result (fenced) and the job is retried; fix: keep beating (and pinging) while "
+    "waiting, /tmp/booking-fixes/heartbeat-while-child-exits.patch"))
+def test_result_kept_when_the_experiment_process_is_slow_to_exit(tree):
+    job = create_jobs(tree, [{"linger": 2.5}], f"{procs.EXPERIMENTS}:lingering").created[0]
+    proc = run_cli("run", job, "--lease", 3, "--heartbeat", 0.5)
+    listing, state = latest(job)
+    assert (proc.returncode, state["dbdict"]["status"]) == (0, "done"), proc.stderr
+    assert state["result"] == "returned" and state["dbdict"]["epoch"] == listing.claim_epoch == 1
 
 
 # ---------------------------------------------------------------- 5. no orphans
