@@ -26,17 +26,19 @@ T0=$(date +%s)
 log() { echo "[start-local-cluster] $*" >&2; }
 die() { log "$*"; exit 1; }
 
-alive() {  # alive PIDFILE NAME -> 0 if PIDFILE names a live process called NAME
-  local pid
+alive() {  # alive PIDFILE NAME -> 0 if PIDFILE names a live (not zombie) process called NAME
+  local pid state
   [ -s "$1" ] || return 1
-  pid=$(tr -dc 0-9 < "$1")
-  [ -n "$pid" ] && [ -r "/proc/$pid/comm" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ]
+  pid=$( { tr -dc 0-9 < "$1"; } 2>/dev/null)
+  [ -n "$pid" ] && [ -r "/proc/$pid/comm" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ] || return 1
+  state=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)
+  [ -n "$state" ] && [ "$state" != Z ]
 }
 
 stop_one() {  # stop_one PIDFILE NAME
   local pid
   if alive "$1" "$2"; then
-    pid=$(tr -dc 0-9 < "$1")
+    pid=$( { tr -dc 0-9 < "$1"; } 2>/dev/null)
     log "stopping $2 (pid $pid)"
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 1 50); do alive "$1" "$2" || break; sleep 0.2; done
