@@ -280,10 +280,8 @@ def cmd_logs(args):
 # ---------------------------------------------------------------- parsers
 
 def _add_filters(p):
-    try:
-        from . import query
-    except ImportError:  # the index is being written; remove this guard once it lands
-        return
+    from . import query
+
     query.add_filter_arguments(p)
     p.set_defaults(_rest="filters")
 
@@ -388,12 +386,10 @@ examples:
   {prog} query tree --sql 'select "model.arch", min(valid_err) from jobs group by 1'
 """)
     if p:
-        try:
-            from . import query
-        except ImportError:  # the index is being written; remove this guard once it lands
-            query = None
-        if query:
-            query.add_arguments(p)
+        from . import query
+
+        query.add_arguments(p)
+        p.set_defaults(_rest="filters")
 
     p = add("status", cmd_status, "counts per status and the running jobs", f"""
 Counts per status (ready, booked, running, stale, done, failed, canceled, corrupt) and the
