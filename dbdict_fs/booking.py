@@ -84,21 +84,35 @@ class Identity:
         return bool(self.boot_id) and token.get("boot_id") == self.boot_id and token.get("pidns") == self.pidns
 
 
-def process_start_ticks(pid):
-    """Field 22 of /proc/<pid>/stat: tells a pid from a later process that reused it."""
+def _stat_fields(pid):
+    """The fields of /proc/<pid>/stat after the command name (state first), or None."""
     try:
         with open(f"/proc/{int(pid)}/stat", "rb") as f:
             data = f.read()
     except (OSError, ValueError):
         return None
     try:
-        return int(data[data.rindex(b")") + 2:].split()[19])
+        return data[data.rindex(b")") + 2:].split()
+    except ValueError:
+        return None
+
+
+def process_start_ticks(pid):
+    """Field 22 of /proc/<pid>/stat: tells a pid from a later process that reused it."""
+    fields = _stat_fields(pid)
+    try:
+        return int(fields[19]) if fields else None
     except (ValueError, IndexError):
         return None
 
 
 def _alive(pid, start_ticks):
+    """Whether the process runs. A zombie (a dead worker that an init which never reaps left
+    behind) is dead: it can neither heartbeat nor write."""
     if not isinstance(pid, int) or pid <= 0:
+        return False
+    fields = _stat_fields(pid)
+    if not fields or fields[0] in (b"Z", b"X"):
         return False
     ticks = process_start_ticks(pid)
     return ticks is not None and (start_ticks is None or ticks == start_ticks)
@@ -116,14 +130,8 @@ def _group_alive(pgid):
     except PermissionError:
         return True
     for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+        fields = _stat_fields(name) if name.isdigit() else None
+        if fields and len(fields) > 2 and fields[2] == str(pgid).encode() and fields[0] not in (b"Z", b"X"):
             return True
     return False
 

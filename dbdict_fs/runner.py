@@ -25,6 +25,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_NOT_RUNNABLE = 0, 1, 2, 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 HARD_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # a second one of these ends the attempt at once
 RESTART_PRIORITY = 2.0
+_LOST = object()  # _wait_child: the claim was lost while waiting
 _PR_SET_PDEATHSIG = 1
 
 
@@ -419,10 +420,29 @@ class _Attempt:
                        f"{self.held.jobdir}: stopped, this worker no longer holds the job: {reason}",
                        self.held.epoch)
 
+    def _wait_child(self, timeout):
+        """Wait for the experiment's process to exit, heartbeating (and pinging it) meanwhile:
+        a process slow to exit after sending its result must not cost the claim."""
+        deadline = booking.boottime() + timeout
+        while True:
+            now = booking.boottime()
+            try:
+                return self.child.proc.wait(max(0.0, min(self.next_beat, deadline) - now))
+            except subprocess.TimeoutExpired:
+                pass
+            now = booking.boottime()
+            if now >= deadline:
+                return self.child.wait(0)  # kills its process group, then reaps it
+            if now >= self.next_beat:
+                self.next_beat = now + self.opts.heartbeat
+                if self.held.beat():
+                    return _LOST
+                self.child.send({"op": "ping"})
+
     def _finish(self):
         """The experiment ended (returned, raised, crashed or was killed): commit the end."""
-        code = self.child.wait(timeout=10 if self.final else 1)
-        if self.held.fenced():
+        code = self._wait_child(10 if self.final else 1)
+        if code is _LOST or self.held.fenced():
             return self._lost()
         if self.scratch:
             self.scratch.sync_back()
