@@ -553,7 +553,7 @@ class Index:
                     self._equals(sub, subvalue, clauses, params)
             else:
                 self._equals(key, value, clauses, params)
-        if where:
+        if where is not None:
             sql, where_params = compile_where(where, self.resolve)
             clauses.append(f"({sql})")
             params.extend(where_params)
