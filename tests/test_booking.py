@@ -246,11 +246,7 @@ def test_one_shot_run_refuses_a_live_holder_and_takes_a_dead_ones_job(tree, host
 
 @pytest.mark.parametrize("reap", [
     "worker",  # the worker's shell reaped it; its orphaned experiment is a zombie under init
-    pytest.param("none", marks=pytest.mark.xfail(strict=True, reason=(
-        "booking._alive counts a zombie worker as alive: a worker whose parent is an init "
-        "that never reaps stays a zombie after kill -9, and the same-host fast path never "
-        "fires (fix: treat state Z/X in /proc/<pid>/stat as dead; "
-        "/tmp/booking-fixes/zombie-worker-fast-path.patch)"))),
+    "none",  # the worker itself is a zombie too (its parent is an init that never reaps)
 ])
 def test_fast_path_when_init_does_not_reap(tree, hosts, reap):
     job = make_jobs(tree, [{"sleep": 3}], "sleeper")[0]
@@ -267,12 +263,9 @@ def test_fast_path_when_init_does_not_reap(tree, hosts, reap):
     assert state["dbdict"]["status"] == "done" and state["dbdict"]["epoch"] == listing.claim_epoch == 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runner._Attempt._finish blocks in child.wait(timeout=10) without heartbeats after the "
-    "result arrived: an experiment whose process takes more than ~L/2 to exit loses its "
-    "completed result (fenced) and the job is retried; fix: keep beating (and pinging) while "
-    "waiting, /tmp/booking-fixes/heartbeat-while-child-exits.patch"))
 def test_result_kept_when_the_experiment_process_is_slow_to_exit(tree):
+    """The worker keeps heartbeating while it waits for the experiment's process to exit
+    after its result: under a short lease a slow exit must not fence the result away."""
     job = create_jobs(tree, [{"linger": 2.5}], f"{procs.EXPERIMENTS}:lingering").created[0]
     proc = run_cli("run", job, "--lease", 3, "--heartbeat", 0.5)
     listing, state = latest(job)
