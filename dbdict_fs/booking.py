@@ -19,7 +19,6 @@ tests use to simulate other hosts (env DBDICT_HOST, DBDICT_BOOT_ID, DBDICT_CLOCK
 import errno
 import json
 import os
-import secrets
 import socket
 import time
 
@@ -169,7 +168,7 @@ def _cluster_job():
 
 def link_claim(jobdir, epoch, token):
     """Try to make claim.<epoch> ours. True if we won, False if another process has it."""
-    tok = os.path.join(jobdir, f".tok.{token['host']}.{os.getpid()}.{secrets.token_hex(4)}")
+    tok = os.path.join(jobdir, f".tok.{token['host']}.{jd.unique_suffix()}")
     try:
         fd = os.open(tok, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:

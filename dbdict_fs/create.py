@@ -9,7 +9,6 @@ import datetime
 import os
 import re
 import shutil
-import secrets
 from dataclasses import dataclass, field
 
 from . import jobdir as jd
@@ -189,7 +188,7 @@ def _write_job(tree, rel, config, experiment, pythonpath, digest, priority):
     if pythonpath:
         book["pythonpath"] = list(pythonpath)
     book.update(hash=digest, created=utc_now())
-    tmp = os.path.join(tree, f".tmp.create.{digest}.{secrets.token_hex(4)}")
+    tmp = os.path.join(tree, f".tmp.create.{digest}.{jd.unique_suffix()}")
     try:
         os.mkdir(tmp)
         paths = jd.JobPaths(tmp)

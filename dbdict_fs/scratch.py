@@ -6,9 +6,10 @@ fenced (at every save and at the end).
 """
 
 import os
-import secrets
 import shutil
 import tempfile
+
+from .jobdir import unique_suffix
 
 
 def _files(root):
@@ -23,7 +24,7 @@ def _files(root):
 def copy_atomic(src, dst):
     """Copy one file so readers of `dst` see the old or the new file, never a part."""
     os.makedirs(os.path.dirname(dst), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(dst), f".tmp.sync.{os.path.basename(dst)}.{secrets.token_hex(4)}")
+    tmp = os.path.join(os.path.dirname(dst), f".tmp.sync.{os.path.basename(dst)}.{unique_suffix()}")
     try:
         shutil.copy2(src, tmp)
         os.replace(tmp, dst)
