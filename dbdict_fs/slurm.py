@@ -457,6 +457,27 @@ def job_gone(cluster_job, squeue="squeue", timeout=15):
     return jobs_gone([cluster_job], squeue, timeout)[str(cluster_job)]
 
 
+def gone_jobdirs(jobdirs, squeue="squeue", timeout=15):
+    """The job directories among `jobdirs` whose top claim was made inside a SLURM job that is
+    gone (one squeue call for all). For `dbdict status` and `requeue`: such a running job may
+    be shown, and requeued, as stale without waiting for its lease. Claims made outside SLURM,
+    and everything when squeue cannot tell, are left out.
+    """
+    from . import jobdir as jd
+
+    holders = {}
+    for path in jobdirs:
+        try:
+            top = jd.list_job(path).claim_epoch
+            token = jd.read_claim(path, top) if top else {}
+        except (DbdictError, OSError, ValueError):
+            continue
+        if isinstance(token, dict) and token.get("cluster_job"):
+            holders[path] = str(token["cluster_job"])
+    gone = jobs_gone(holders.values(), squeue, timeout) if holders else {}
+    return {path for path, job in holders.items() if gone.get(job)}
+
+
 # ---------------------------------------------------------------- command line
 
 def _nonneg_int(text):
@@ -506,6 +527,7 @@ examples:
 
 def add_arguments(p):
     """The options of `dbdict submit` (the lead's cli.py adds the subparser and calls `run`)."""
+    p.usage = "%(prog)s TREE --slurm (--workers N | --per-job) [options] [-- SBATCH_ARGS...]"
     p.add_argument("tree", metavar="TREE")
     p.add_argument("--slurm", action="store_true", help="submit to SLURM with sbatch (the only backend so far)")
     p.add_argument("--workers", type=_pos_int, metavar="N",

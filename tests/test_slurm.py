@@ -349,6 +349,7 @@ def test_status_shows_slurm_ids_and_job_gone_follows_squeue(slurm_cluster, tree)
              and os.path.exists(os.path.join(job, "workdir", "child.pid")), 60, what="the experiment to start")
     assert slurm.job_gone(task) is False
     assert slurm.jobs_gone([task, "999999"]) == {task: False, "999999": True}
+    assert slurm.gone_jobdirs([job]) == set()
     status = run_cli("status", tree, "--format", "json")
     # scancel (TERM to the whole job: the user's "stop"): the job is requeued in the tree and
     # the task does not resubmit itself.
@@ -356,6 +357,7 @@ def test_status_shows_slurm_ids_and_job_gone_follows_squeue(slurm_cluster, tree)
     wait_gone(job_id, 60)
     assert slurm.job_gone(task) is True
     assert slurm.job_gone("999999") is True
+    assert slurm.gone_jobdirs([job]) == {job}  # its top claim is still the dead task's
     assert wait_for(lambda: job_status(job) == "ready", 10, what="the job to be ready"), all_logs(tree)
     text = logs(tree)[f"{task}.out"]
     assert "got SIGTERM" in text and "left: resubmitting" not in text and f"requeued {task}" not in text, text
