@@ -241,40 +241,21 @@ def cmd_cmdline(args):
     return outcome.exit_code
 
 
-def cmd_query(args):
-    from . import query
+def _lazy(module, name):
+    """A command implemented in another module, imported only when that command runs."""
+    def command(args):
+        import importlib
 
-    return query.run(args)
-
-
-def cmd_status(args):
-    from . import ops
-
-    return ops.cmd_status(args)
+        return getattr(importlib.import_module(f".{module}", __package__), name)(args)
+    return command
 
 
-def cmd_requeue(args):
-    from . import ops
-
-    return ops.cmd_requeue(args)
-
-
-def cmd_cancel(args):
-    from . import ops
-
-    return ops.cmd_cancel(args)
-
-
-def cmd_show(args):
-    from . import ops
-
-    return ops.cmd_show(args)
-
-
-def cmd_logs(args):
-    from . import ops
-
-    return ops.cmd_logs(args)
+cmd_query = _lazy("query", "run")
+cmd_status = _lazy("ops", "cmd_status")
+cmd_requeue = _lazy("ops", "cmd_requeue")
+cmd_cancel = _lazy("ops", "cmd_cancel")
+cmd_show = _lazy("ops", "cmd_show")
+cmd_logs = _lazy("ops", "cmd_logs")
 
 
 # ---------------------------------------------------------------- parsers

@@ -284,23 +284,17 @@ def _load_cache(path, tree, tree_dev):
 
 def _write_cache(path, header, conn):
     """Replace the cache file as a whole (temp file + rename): readers see old or new."""
-    directory = os.path.dirname(path)
-    tmp = os.path.join(directory, f".tmp.{os.path.basename(path)}.{os.getpid()}.{time.monotonic_ns()}")
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         db = conn.serialize()
         header = dict(header, db_size=len(db))
         meta = marshal.dumps(header)
-        with open(tmp, "wb") as f:
+        with jd.replacing(path) as tmp, open(tmp, "wb") as f:
             f.write(CACHE_MAGIC + len(meta).to_bytes(8, "little"))
             f.write(meta)
             f.write(db)
-        os.replace(tmp, path)
     except (OSError, sqlite3.Error, ValueError):
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass  # the cache is only an optimization: a read-only or full disk is not an error
+        pass  # the cache is only an optimization: a read-only or full disk is not an error
 
 
 # ---------------------------------------------------------------- building
@@ -600,21 +594,13 @@ class Index:
     def save(self, path):
         """Export the index to a SQLite file, replaced as a whole (temp file + rename)."""
         path = os.fspath(path)
-        tmp = os.path.join(os.path.dirname(path) or ".", f".tmp.{os.path.basename(path)}.{os.getpid()}")
-        try:
+        with jd.replacing(path) as tmp:
             target = sqlite3.connect(tmp)
             try:
                 self.conn.commit()
                 self.conn.backup(target)
             finally:
                 target.close()
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
         return path
 
     def to_pandas(self, query=None, params=()):

@@ -4,6 +4,7 @@ Everything that spells a per-job file name lives here (DESIGN.md 1 and 3), so no
 module builds `state.<E>.yaml` or `claim.<E>` by hand.
 """
 
+import contextlib
 import errno
 import json
 import os
@@ -293,32 +294,41 @@ def fsync_dir(path):
         os.close(fd)
 
 
-def atomic_write(path, data, *, fsync=True):
-    """Write bytes to `path` by temp file + fsync + rename: readers see old or new, never half.
-
-    On any error the temporary file is removed and the old file is left as it was.
-    """
-    directory, name = os.path.split(path)
+@contextlib.contextmanager
+def replacing(path):
+    """Yield a temporary name beside `path` (a dot file); when the block succeeds it is
+    renamed over `path`, so readers see the old file or the new one, never a part of one.
+    On any error the temporary file is removed and `path` is left as it was."""
+    directory, name = os.path.split(os.fspath(path))
     tmp = os.path.join(directory, f".tmp.{name}.{unique_suffix()}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+        yield tmp
         os.rename(tmp, path)
-    except OSError as exc:
+    except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        raise
+
+
+def atomic_write(path, data, *, fsync=True):
+    """Write bytes to `path` by temp file + fsync + rename (+ fsync of the directory)."""
+    try:
+        with replacing(path) as tmp:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                if fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+    except OSError as exc:
         raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from exc
     if fsync:
-        fsync_dir(directory or ".")
+        fsync_dir(os.path.dirname(path) or ".")
 
 
 def dump_state(state):
@@ -348,16 +358,11 @@ def update_state_link(jobdir):
         return
     if epoch is None:
         return
-    paths = JobPaths(jobdir)
-    tmp = paths.tmp("link")
     try:
-        os.symlink(state_name(epoch), tmp)
-        os.rename(tmp, paths.state_link)
+        with replacing(JobPaths(jobdir).state_link) as tmp:
+            os.symlink(state_name(epoch), tmp)
     except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        pass
 
 
 def remove_older_states(jobdir, epoch):

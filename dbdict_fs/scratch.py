@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 
-from .jobdir import unique_suffix
+from .jobdir import replacing
 
 
 def _files(root):
@@ -24,16 +24,8 @@ def _files(root):
 def copy_atomic(src, dst):
     """Copy one file so readers of `dst` see the old or the new file, never a part."""
     os.makedirs(os.path.dirname(dst), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(dst), f".tmp.sync.{os.path.basename(dst)}.{unique_suffix()}")
-    try:
+    with replacing(dst) as tmp:
         shutil.copy2(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 class Scratch:
