@@ -35,15 +35,18 @@ _PR_SET_CHILD_SUBREAPER = 36
 
 # ---------------------------------------------------------------- small helpers
 
-def wait_for(condition, timeout, interval=0.02, what="condition"):
-    """Poll `condition()` until it returns a true value (returned) or fail after `timeout` s."""
+def wait_for(condition, timeout, interval=0.02, what="condition", detail=None):
+    """Poll `condition()` until it returns a true value (returned) or fail after `timeout` s.
+
+    `detail()` (e.g. the workers' output) is added to the failure message."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+            extra = f"\n{detail()}" if detail else ""
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{extra}")
         time.sleep(interval)
 
 
