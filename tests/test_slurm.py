@@ -370,6 +370,27 @@ def test_status_shows_slurm_ids_and_job_gone_follows_squeue(slurm_cluster, tree)
 
 
 @pytest.mark.slurm
+def test_a_killed_task_leaves_its_job_running_until_gone_jobdirs_sees_it(slurm_cluster, tree):
+    """kill -9 of the batch shell and the worker (a node crash): the tree still says running,
+    with a fresh heartbeat; squeue says the task is over, so status may call it stale."""
+    import signal
+
+    [job] = make_jobs(tree, "sleeper", [{"sleep": 120}])
+    job_id, _ = do_submit(tree, "--workers", "1", "--time", "10")
+    task = f"{job_id}_0"
+    wait_for(lambda: squeue_states(job_id).get(task) == "RUNNING" and job_status(job) == "running"
+             and os.path.exists(os.path.join(job, "workdir", "child.pid")), 60, what="the experiment to start")
+    worker = read_state(job)["dbdict"]["pid"]
+    with open(f"/proc/{worker}/stat") as f:
+        batch = int(f.read().rsplit(")", 1)[1].split()[1])
+    os.kill(worker, signal.SIGKILL)
+    os.kill(batch, signal.SIGKILL)
+    wait_gone(job_id, 60)
+    assert job_status(job) == "running"  # nobody wrote: the lease (600 s) has not run out
+    assert slurm.gone_jobdirs([job]) == {job}
+
+
+@pytest.mark.slurm
 def test_resubmit_drains_jobs_that_need_several_allocations(slurm_cluster, tree):
     """Every job is stopped by USR2 at least once; the tasks requeue themselves until done."""
     jobs = make_jobs(tree, "resumable", [{"steps": 50, "step_time": 0.1, "k": k} for k in range(3)])
