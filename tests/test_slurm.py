@@ -163,9 +163,9 @@ def _cancel_leftovers():
             subprocess.run(["scancel", job_id], capture_output=True, timeout=60)
 
 
-def do_submit(tree, *args):
+def do_submit(tree, *args, env=None):
     """Submit; check the output contract; return (job id, script path)."""
-    proc = submit_cmd(tree, "--slurm", *args)
+    proc = submit_cmd(tree, "--slurm", *args, env=env)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == 2, proc.stdout
@@ -419,6 +419,33 @@ def test_resubmit_drains_jobs_that_need_several_allocations(slurm_cluster, tree)
     text = all_logs(tree)
     assert text.count("runnable job(s) left: resubmitting") >= 2, text
     assert "resubmitted 1 times" in text and "worker exited with code 0" in text
+
+
+@pytest.mark.slurm
+def test_where_requeue_is_refused_the_task_is_submitted_again(slurm_cluster, tree, tmp_path):
+    """A site may refuse `scontrol requeue`: then the task is a fresh sbatch of the same script."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "scontrol").write_text('#!/bin/sh\n[ "$1" = requeue ] && { echo "requeue refused" >&2; exit 1; }\n'
+                                   f'exec {shutil.which("scontrol")} "$@"\n')
+    (fake / "scontrol").chmod(0o755)
+    [job] = make_jobs(tree, "resumable", [{"steps": 40, "step_time": 0.1}])
+    job_id, _ = do_submit(tree, "--workers", "1", "--time", "10",
+                          env={"PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"})
+    task = f"{job_id}_0"
+    wait_for(lambda: squeue_states(job_id).get(task) == "RUNNING" and progress(job) >= 3, 60,
+             what="the experiment to start")
+    usr2(task)
+    wait_gone(job_id, 60)
+    text = logs(tree)[f"{task}.out"]
+    m = re.search(r"submitted (\d+)$", text, re.M)
+    assert "scontrol requeue refused: submitting task 0 again" in text and m, text
+    SUBMITTED.append(m.group(1))
+    wait_gone(m.group(1), 60)
+    state = read_state(job)
+    assert state["dbdict"]["status"] == "done" and state["result"] == 40, all_logs(tree)
+    assert state["dbdict"]["cluster_job"] == f"{m.group(1)}_0" and state["resumed_from"] >= 3
+    assert "resubmitted 1 times" in logs(tree)[f"{m.group(1)}_0.out"]
 
 
 @pytest.mark.slurm
