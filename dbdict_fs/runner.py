@@ -514,24 +514,16 @@ def _warn(opts, text):
 def scan(tree, select_rows=None):
     """Candidates of one pass: (path, status, priority) of every job not final.
 
-    `select_rows(tree)` (from the query filters) may narrow which jobs are considered.
+    The index (with its cache, so a `--wait` worker's re-scan of an unchanged tree opens
+    almost nothing) gives the rows; `select_rows(tree)`, from the query filters, may
+    narrow them. Every candidate is judged again on fresh reads when it is claimed.
     """
-    if select_rows is not None:
-        rows = select_rows(tree)
-        return [(r["dbdict.path"], r.get("dbdict.status"), r.get("dbdict.priority") or 0.0) for r in rows
-                if r.get("dbdict.status") not in booking.FINAL + ("corrupt",)]
-    out = []
-    for path in jd.iter_jobdirs(tree):
-        try:
-            _, state = jd.read_latest_state(path)
-        except DbdictError:
-            continue
-        book = state["dbdict"]
-        if book["status"] not in booking.FINAL:
-            out.append((path, book["status"], book["priority"]))
-        elif jd.list_job(path).claim_epoch > book["epoch"]:
-            out.append((path, "booked", book["priority"]))
-    return out
+    if select_rows is None:
+        from .query import select
+
+        select_rows = select
+    return [(r["dbdict.path"], r.get("dbdict.status"), r.get("dbdict.priority") or 0.0)
+            for r in select_rows(tree) if r.get("dbdict.status") not in booking.FINAL + ("corrupt",)]
 
 
 def work(tree, *, max_jobs=None, wait=False, poll=None, select_rows=None, on_outcome=None, **options):
