@@ -215,7 +215,7 @@ def _unlink(path):
 
 def claim_signature(path):
     """(mtime_ns, ctime_ns) of a claim from a fresh open+fstat (close-to-open revalidation)."""
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a planted FIFO must not block us
     try:
         st = os.fstat(fd)
     finally:

@@ -225,6 +225,9 @@ def cmd_cmdline(args):
         raise UsageError("cmdline runs one experiment: use `dbdict create` for a grid of values")
     if args.print_defaults or args.print_config:
         return _print_experiment_config(args.experiment, configs if args.print_config else None)
+    from .runner import make_options
+
+    make_options(**_run_options(args))  # bad options must not leave a job directory behind
     stamp = utc_iso().replace(":", "").replace("-", "")
     name = f"{stamp}-{os.getpid()}"
     result = create_jobs(args.tree, configs, args.experiment, name=name, duplicates="add",

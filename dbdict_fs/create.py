@@ -6,6 +6,7 @@ renamed into place: a job directory is either complete or absent.
 """
 
 import datetime
+import math
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ from .experiment import declared_defaults, resolve_experiment
 from .values import check_config, config_hash
 
 DEFAULT_PRIORITY = 1.0
+NAME_MAX = 255  # bytes in one path component on every filesystem we target
 _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
 
 
@@ -46,8 +48,12 @@ def create_jobs(tree, generator, experiment, *, name=None, priority=DEFAULT_PRIO
     """
     if duplicates not in ("skip", "add"):
         raise UsageError(f"duplicates must be 'skip' or 'add', not {duplicates!r}")
-    if isinstance(priority, bool) or not isinstance(priority, (int, float)) or priority != priority:
-        raise UsageError(f"priority must be a number, not {priority!r}")
+    if isinstance(priority, bool) or not isinstance(priority, (int, float)) or not math.isfinite(priority):
+        raise UsageError(f"priority must be a finite number, not {priority!r}")
+    if not isinstance(tree, (str, os.PathLike)):
+        raise UsageError(f"tree must be a path, not {tree!r}")
+    if name is not None and not isinstance(name, str):
+        raise UsageError(f"name must be a template string such as 'lr{{lr}}', not {name!r}")
     tree = os.fspath(tree)
     if os.path.exists(tree) and not os.path.isdir(tree):
         raise UsageError(f"{tree}: exists and is not a directory")
@@ -141,6 +147,10 @@ def render_name(template, config):
             or any(p in ("", ".", "..") or p.startswith(".") for p in parts)):
         raise UsageError(f"name template {template!r} gives {rel!r}, which is not a relative path "
                          f"inside the tree (no '..', no leading '/' or '.', no empty parts)")
+    long = [p for p in parts if len(p.encode("utf-8", "surrogateescape")) > NAME_MAX]
+    if long:
+        raise UsageError(f"name template {template!r} gives a path part too long for a file name "
+                         f"({len(long[0].encode())} bytes, at most {NAME_MAX}): {long[0][:40]}...")
     return os.path.join(*parts)
 
 
@@ -184,6 +194,7 @@ def _write_job(tree, rel, config, experiment, pythonpath, digest, priority):
     if os.path.exists(target):
         return False
     _check_no_job_above(tree, rel)
+    _check_inside(tree, target)
     book = {"experiment": experiment}
     if pythonpath:
         book["pythonpath"] = list(pythonpath)
@@ -212,6 +223,14 @@ def _write_job(tree, rel, config, experiment, pythonpath, digest, priority):
     finally:
         if os.path.isdir(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_inside(tree, target):
+    """A symlinked directory in the tree must not carry a job outside it."""
+    real_tree = os.path.realpath(tree)
+    parent = os.path.realpath(os.path.dirname(target))
+    if parent != real_tree and not parent.startswith(real_tree + os.sep):
+        raise UsageError(f"{target} would be outside the tree (through a symlink to {parent})")
 
 
 def _check_no_job_above(tree, rel):

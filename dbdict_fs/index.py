@@ -130,12 +130,12 @@ def read_job(jobdir, names, want_keys):
                 raise jd.CorruptJob(jobdir, "no state.<E>.yaml file")
             path = os.path.join(jobdir, jd.state_name(epoch))
             try:
-                fd = os.open(path, os.O_RDONLY)
+                # fstat before reading: a later write moves the key (see TRUST_SECONDS)
+                fd, st = jd.open_regular(path)
             except FileNotFoundError:  # a newer holder removed it: list again (DESIGN.md 3)
                 listing = jd.list_job(jobdir)
                 continue
             try:
-                st = os.fstat(fd)  # before reading: a later write moves the key (see TRUST_SECONDS)
                 raw = _read_fd(fd, st.st_size)
             finally:
                 os.close(fd)

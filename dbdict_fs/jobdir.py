@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import re
+import stat
 
 from .errors import CorruptJob, JobNotFound, WriteError
 
@@ -177,10 +178,38 @@ def _check_size(data, path):
             stack.extend((v, depth + 1) for v in value)
 
 
+def open_regular(path):
+    """Open a job file for reading: (fd, fstat). Only regular files are job files.
+
+    A FIFO, device or socket planted in a job directory would block or stream forever
+    (O_NONBLOCK keeps the open itself from blocking), and an unopenable file (EISDIR,
+    ELOOP, EACCES) is damage: both are CorruptJob. ENOENT passes through, as readers list
+    the directory again on it (DESIGN.md 3).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise CorruptJob(path, exc.strerror or str(exc)) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CorruptJob(path, "not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
 def read_file(path):
     """Read a job file as text, capping the size read."""
-    with open(path, "rb") as f:
-        raw = f.read(MAX_FILE_BYTES + 1)
+    fd, _ = open_regular(path)
+    with os.fdopen(fd, "rb") as f:
+        try:
+            raw = f.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            raise CorruptJob(path, exc.strerror or str(exc)) from None
     if len(raw) > MAX_FILE_BYTES:
         raise CorruptJob(path, f"larger than {MAX_FILE_BYTES} bytes")
     try:
@@ -201,6 +230,26 @@ _BOOKKEEPING_TYPES = {
 }
 
 
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# Optional bookkeeping the runner reads back: wrong types would crash it after it claimed.
+_OPTIONAL_CHECKS = (
+    ("runs", _is_int, "a whole number"),
+    ("resumes", _is_int, "a whole number"),
+    ("pgid", _is_int, "a whole number"),
+    ("pythonpath", lambda v: isinstance(v, list) and all(isinstance(p, str) for p in v), "a list of paths"),
+)
+
+
+def check_agrees(state, config, path):
+    """The state must belong to its config.yaml: a hand-edited experiment would run other code."""
+    for key in ("experiment", "hash"):
+        if key in config["dbdict"] and state["dbdict"].get(key) != config["dbdict"][key]:
+            raise CorruptJob(path, f"the state's dbdict.{key} differs from config.yaml's")
+
+
 def validate_state(data, path, epoch=None):
     """Check a parsed state: a mapping with a well-typed `dbdict` block. Returns it."""
     if not isinstance(data, dict):
@@ -214,6 +263,9 @@ def validate_state(data, path, epoch=None):
         value = book[key]
         if isinstance(value, bool) or not isinstance(value, types):
             raise CorruptJob(path, f"dbdict.{key} has the wrong type ({type(value).__name__})")
+    for key, check, what in _OPTIONAL_CHECKS:
+        if book.get(key) is not None and not check(book[key]):
+            raise CorruptJob(path, f"dbdict.{key} is not {what}")
     if book["status"] not in STATUSES:
         raise CorruptJob(path, f"dbdict.status {book['status']!r} is not one of {', '.join(STATUSES)}")
     if epoch is not None and book["epoch"] != epoch:
@@ -252,7 +304,11 @@ def read_claim(jobdir, epoch):
     FileNotFoundError passes through: claims are never deleted, so it means no such claim.
     """
     path = os.path.join(jobdir, claim_name(epoch))
-    with open(path, "rb") as f:
+    try:
+        fd, _ = open_regular(path)
+    except CorruptJob:
+        return {}
+    with os.fdopen(fd, "rb") as f:
         raw = f.read(65536)
     try:
         token = json.loads(raw)

@@ -8,6 +8,7 @@ import copy
 import ctypes
 import fcntl
 import json
+import math
 import os
 import random
 import select
@@ -72,8 +73,9 @@ class Options:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise UsageError(f"--{name.replace('_', '-')} must be a whole number >= 1, not {value!r}")
-        if isinstance(self.restart_priority, bool) or not isinstance(self.restart_priority, (int, float)):
-            raise UsageError(f"restart priority must be a number, not {self.restart_priority!r}")
+        if (isinstance(self.restart_priority, bool) or not isinstance(self.restart_priority, (int, float))
+                or not math.isfinite(self.restart_priority)):
+            raise UsageError(f"restart priority must be a finite number, not {self.restart_priority!r}")
         if self.scratch is not None and not os.path.isdir(self.scratch):
             raise UsageError(f"--scratch {self.scratch}: no such directory")
 
@@ -253,13 +255,28 @@ def run_job(jobdir, **options):
     judge a lease without waiting, so it only steals from a dead process of this host.
     """
     opts = make_options(**options)
+    if not isinstance(jobdir, (str, os.PathLike)):
+        raise UsageError(f"jobdir must be a path, not {jobdir!r}")
     jobdir = os.fspath(jobdir)
     if not os.path.isdir(jobdir):
         raise JobNotFound(jobdir, "no such directory")
-    jd.read_config(jobdir)
+    check_job(jobdir)
     with StopSignals() as signals:
         held = booking.claim(jobdir, lease=opts.lease, heartbeat=opts.heartbeat, wait=False)
         return run_claimed(held, opts, signals)
+
+
+def check_job(jobdir):
+    """Refuse a job whose files are damaged before claiming it: nothing is written then."""
+    config = jd.read_config(jobdir)
+    _, state = jd.read_latest_state(jobdir)
+    jd.check_agrees(state, config, jobdir)
+
+
+def _open_log(path):
+    """Append to stdout/stderr, never through a symlink planted in the job directory."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    return os.fdopen(fd, "ab")
 
 
 def _header(held, attempts, book):
@@ -288,14 +305,21 @@ def run_claimed(held, opts, signals):
                 runs=int(book.get("runs", 0) or 0) + 1)
     resume = book["runs"] > 1
     os.makedirs(paths.workdir, exist_ok=True)
-    with open(paths.stdout, "ab") as out, open(paths.stderr, "ab") as err:
-        header = _header(held, attempts, book)
-        out.write(header)
-        err.write(header)
-        out.flush()
-        err.flush()
-        child = Child(scratch.path if scratch else paths.workdir, out, err,
-                      {"DBDICT_JOBDIR": os.path.abspath(held.jobdir)})
+    try:
+        with _open_log(paths.stdout) as out, _open_log(paths.stderr) as err:
+            header = _header(held, attempts, book)
+            out.write(header)
+            err.write(header)
+            out.flush()
+            err.flush()
+            child = Child(scratch.path if scratch else paths.workdir, out, err,
+                          {"DBDICT_JOBDIR": os.path.abspath(held.jobdir)})
+    except OSError as exc:
+        if scratch:
+            scratch.remove()
+        # The claim stays without a state of its own: the job shows as booked, then stale,
+        # and is taken again after the lease.
+        raise WriteError(f"{held.jobdir}: cannot start the attempt: {exc.strerror or exc}") from exc
     try:
         book["pgid"] = child.pid
         try:
@@ -535,6 +559,8 @@ def work(tree, *, max_jobs=None, wait=False, poll=None, select_rows=None, on_out
     take over the jobs of workers that die. Returns counts per outcome status.
     """
     opts = make_options(**options)
+    if not isinstance(tree, (str, os.PathLike)):
+        raise UsageError(f"tree must be a path, not {tree!r}")
     tree = os.fspath(tree)
     if not os.path.isdir(tree):
         raise UsageError(f"{tree}: no such directory")
@@ -556,6 +582,7 @@ def work(tree, *, max_jobs=None, wait=False, poll=None, select_rows=None, on_out
                 if signals.stop or (max_jobs is not None and ran >= max_jobs):
                     break
                 try:
+                    check_job(path)
                     held = booking.claim(path, identity=identity, observer=observer, lease=opts.lease,
                                          heartbeat=opts.heartbeat, wait=True)
                 except (NotRunnable, CorruptJob, JobNotFound):
@@ -564,8 +591,11 @@ def work(tree, *, max_jobs=None, wait=False, poll=None, select_rows=None, on_out
                     outcome = run_claimed(held, opts, signals)
                 except NotRunnable:
                     continue
-                except (Fenced, WriteError) as exc:
-                    outcome = Outcome(path, "error", EXIT_USAGE, str(exc), held.epoch)
+                except Fenced as exc:
+                    outcome = Outcome(path, "lost", EXIT_NOT_RUNNABLE, str(exc), held.epoch)
+                except WriteError as exc:
+                    # A full disk or a read-only tree fails every job alike: stop, loudly.
+                    raise WriteError(f"{exc}; worker stopped") from exc
                 ran += 1
                 progressed = True
                 counts[outcome.status] = counts.get(outcome.status, 0) + 1

@@ -15,42 +15,79 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 def check_config(config, where="config"):
     """Validate a generated config: identifier keys at every level, `dbdict` reserved, and
-    JSON-typed values (str, int, finite float, bool, None, lists, mappings).
+    JSON-typed values (str, int, finite float, bool, None, lists, mappings), within the
+    depth and size limits the readers enforce (a config they would call corrupt is refused).
 
-    Returns a plain-dict deep copy, so later changes to the caller's dict do not leak in.
+    Returns a plain-dict deep copy (str and int subclasses such as numpy.str_ made plain),
+    so later changes to the caller's dict do not leak in.
     """
+    from .jobdir import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES
+
     if not isinstance(config, dict):
         raise UsageError(f"{where}: expected a dict, got {type(config).__name__}")
     if RESERVED in config:
         raise UsageError(f"{where}: the key {RESERVED!r} is reserved for dbdict_fs")
-    return _check_mapping(config, where, "")
-
-
-def _check_mapping(mapping, where, prefix):
-    out = {}
-    for key, value in mapping.items():
-        if not isinstance(key, str) or not _IDENT.match(key):
-            raise UsageError(f"{where}: key {prefix}{key!r} is not an identifier ([A-Za-z_][A-Za-z0-9_]*)")
-        out[key] = _check_value(value, where, f"{prefix}{key}")
+    checker = _Checker(where, MAX_NODES, MAX_DEPTH - 2)  # the state adds a level or two
+    out = checker.mapping(config, "", 1)
+    if checker.size > MAX_FILE_BYTES // 2:
+        raise UsageError(f"{where}: the config is too large (about {checker.size} bytes; "
+                         f"state files are capped at {MAX_FILE_BYTES})")
     return out
 
 
-def _check_value(value, where, name):
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise UsageError(f"{where}: {name} = {value!r}: NaN and infinity are not allowed in a config")
-        return float(value)
-    if isinstance(value, dict):
-        return _check_mapping(value, where, name + ".")
-    if isinstance(value, (list, tuple)):
-        return [_check_value(v, where, f"{name}[{i}]") for i, v in enumerate(value)]
-    hint = " (quote it to keep it as text)" if type(value).__name__ in ("date", "datetime") else ""
-    raise UsageError(f"{where}: {name} has a value of type {type(value).__name__}, "
-                     f"not one of str, int, float, bool, null, list, mapping{hint}")
+class _Checker:
+    """One walk over a config, with a budget of values and of depth (no RecursionError)."""
+
+    def __init__(self, where, nodes, depth):
+        self.where, self.nodes, self.depth, self.size = where, nodes, depth, 0
+
+    def fail(self, message):
+        raise UsageError(f"{self.where}: {message}")
+
+    def visit(self, name, depth):
+        self.nodes -= 1
+        if self.nodes < 0:
+            self.fail("has too many values (a self-referencing or enormous config?)")
+        if depth > self.depth:
+            self.fail(f"{name} is nested deeper than {self.depth} levels")
+
+    def mapping(self, mapping, prefix, depth):
+        out = {}
+        for key, value in mapping.items():
+            if not isinstance(key, str) or not _IDENT.match(key):
+                self.fail(f"key {prefix}{key!r} is not an identifier ([A-Za-z_][A-Za-z0-9_]*)")
+            out[str(key)] = self.value(value, f"{prefix}{key}", depth)
+            self.size += len(key) + 4
+        return out
+
+    def value(self, value, name, depth):
+        self.visit(name, depth)
+        if value is None or isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                self.fail(f"{name} is not valid text (it holds a lone surrogate)")
+            self.size += len(value) + 2
+            return str(value)
+        if isinstance(value, int):
+            if value.bit_length() > 4000 * 3.33:
+                self.fail(f"{name} is an integer too large to store (over 4000 digits)")
+            self.size += 20
+            return int(value)
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                self.fail(f"{name} = {value!r}: NaN and infinity are not allowed in a config")
+            self.size += 20
+            return float(value)
+        if isinstance(value, dict):
+            return self.mapping(value, name + ".", depth + 1)
+        if isinstance(value, (list, tuple)):
+            return [self.value(v, f"{name}[{i}]", depth + 1) for i, v in enumerate(value)]
+        hint = " (quote it to keep it as text)" if type(value).__name__ in ("date", "datetime") else ""
+        self.fail(f"{name} has a value of type {type(value).__name__}, "
+                  f"not one of str, int, float, bool, null, list, mapping{hint}")
 
 
 def canonical(config, experiment):
@@ -106,6 +143,10 @@ def parse_grid(args):
         else:
             choices = [parse_scalar(text)]
         axes.setdefault(key, []).extend(choices)
+    for key in axes:
+        for other in axes:
+            if other.startswith(key + "."):
+                raise UsageError(f"{key}= and {other}= conflict: {key} cannot be both a value and a mapping")
     configs = [{}]
     for key, choices in axes.items():
         configs = [_set_dotted(_deepcopy(c), key, v) for c in configs for v in choices]

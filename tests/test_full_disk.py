@@ -285,10 +285,6 @@ def test_requeue_and_cancel_on_a_full_disk(disk, full_job):
     free(filler)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: runner.run_claimed lets the OSError of the stdout/stderr header "
-                                       "write (ENOSPC once the claim took the last page) escape as a bare "
-                                       "OSError: `work` dies with 'Error: No space left on device', naming "
-                                       "no job, instead of reporting the job and going on")
 def test_disk_fills_between_the_claim_and_the_first_write(disk, full_job):
     job = full_job("complete")
     filler = fill(disk, leave=4096)  # room for the claim token, not for the attempt header
