@@ -259,6 +259,7 @@ cmd_requeue = _lazy("ops", "cmd_requeue")
 cmd_cancel = _lazy("ops", "cmd_cancel")
 cmd_show = _lazy("ops", "cmd_show")
 cmd_logs = _lazy("ops", "cmd_logs")
+cmd_submit = _lazy("slurm", "run")
 
 
 # ---------------------------------------------------------------- parsers
@@ -360,6 +361,12 @@ example:
         p.add_argument("--tree", default="dbdict-cmdline", help="where the job directory goes")
         _add_config_printing(p)
         _add_run_options(p)
+
+    if only is None or "submit" in only:
+        from . import slurm  # ~0.5 ms: its heavy imports wait until a submission runs
+
+        p = add("submit", cmd_submit, "submit workers for the tree to a SLURM cluster", slurm.HELP)
+        slurm.add_arguments(p)
 
     p = add("query", cmd_query, "query a tree with filters, expressions or SQL", f"""
 Index every job of the tree (one row per job, one column per dotted key) and print rows.

@@ -81,7 +81,24 @@ def cancel_transform(selected_as):
 def _select(tree, args):
     from . import query
 
-    return query.select(tree, args)
+    rows = query.select(tree, args)
+    _mark_gone_cluster_jobs(rows)
+    return rows
+
+
+def _mark_gone_cluster_jobs(rows):
+    """Running and booked jobs whose top claim was made in a SLURM job that squeue says is
+    over are stale now, without waiting for the lease (one squeue call; nothing changes
+    where squeue is missing or does not answer). Claims still fence any late holder."""
+    live = [r["dbdict.path"] for r in rows if r.get("dbdict.status") in ("running", "booked")]
+    if not live:
+        return
+    from . import slurm
+
+    gone = slurm.gone_jobdirs(live)
+    for row in rows:
+        if row["dbdict.path"] in gone:
+            row["dbdict.status"] = "stale"
 
 
 def _change_many(args, transform_for, purpose, past):
@@ -171,7 +188,8 @@ def _status_once(args):
         print("\nrunning:")
         for r in running:
             age = "?" if r["heartbeat_age"] is None else f"{r['heartbeat_age']:.0f}s"
-            print(f"  {r['status']:8} {r['path']}  host {r['host']} pid {r['pid']}  "
+            slurm_job = f"  slurm {r['cluster_job']}" if r.get("cluster_job") else ""
+            print(f"  {r['status']:8} {r['path']}  host {r['host']} pid {r['pid']}{slurm_job}  "
                   f"attempt {r['attempts']}  heartbeat {age} ago")
     if failures:
         print("\nrecent failures:")
