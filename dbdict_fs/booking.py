@@ -324,6 +324,7 @@ class Claim:
         self.last_ok = linked_at  # the link counts as the first heartbeat, from just before it
         self.lost = None
         self.taken_by = None
+        self._transients = {}  # name -> (signature, boottime first seen with it)
 
     def beat(self):
         """Heartbeat: set the claim's mtime, then look for a newer claim. Returns fenced().
@@ -339,20 +340,50 @@ class Claim:
             except OSError as exc:
                 if exc.errno in (errno.ENOENT, errno.ESTALE):
                     self.lost = f"claim.{self.epoch} disappeared"
-            self._check_newer()
+            listing = self._check_newer()
+            if listing is not None and self.lost is None:
+                self._sweep_transients(listing.names)
         return self.fenced()
 
+    def _sweep_transients(self, names):
+        """Remove `.tok.*` / `.tmp.*` files that dead processes left (DESIGN.md 4).
+
+        Judged by observation like a lease: a file seen unchanged for L (a token: also with
+        link count 1, so never one that became a claim) belongs to nobody alive. Our own
+        transient files never exist during a heartbeat (writes and beats share a thread).
+        """
+        now = boottime()
+        seen = {}
+        for name in names:
+            if not name.startswith((".tok.", ".tmp.")):
+                continue
+            path = os.path.join(self.jobdir, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            sig = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_nlink)
+            first = self._transients.get(name)
+            seen[name] = first if first is not None and first[0] == sig else (sig, now)
+            if now - seen[name][1] >= self.lease and (name.startswith(".tmp.") or st.st_nlink == 1):
+                _unlink(path)
+                del seen[name]
+        self._transients = seen
+
     def _check_newer(self):
+        """List the job directory; a claim newer than ours means we lost the job."""
         try:
-            top = jd.list_job(self.jobdir).claim_epoch
+            listing = jd.list_job(self.jobdir)
         except Exception:  # noqa: BLE001 - a vanished job directory means the claim is lost
             self.lost = self.lost or "the job directory disappeared"
-            return
+            return None
+        top = listing.claim_epoch
         if top > self.epoch and self.lost is None:
             token = _read_token(self.jobdir, top)
             self.lost = f"claim.{top} was taken by {token.get('host', '?')} pid {token.get('pid', '?')} " \
                         f"({token.get('purpose', 'steal')})"
             self.taken_by = token
+        return listing
 
     def fenced(self):
         """The reason this holder must write nothing more, or None (once fenced, always)."""

@@ -186,3 +186,26 @@ def test_no_orphan_after_kill_9(tree):
             return f.read().split(") ")[1].startswith("Z")
 
     assert wait_for(gone, timeout=10), "the experiment outlived its kill -9ed worker"
+
+
+def test_holder_sweeps_transient_files_left_by_dead_processes(tree):
+    """A .tok/.tmp file unchanged for the lease is removed by the job's holder; a fresh one
+    (it could be a live process's) is left alone."""
+    job = make_job(tree, "resumable", steps=80, step_time=0.05)
+    old_tok = os.path.join(job, ".tok.deadhost.999999.abcd")
+    old_tmp = os.path.join(job, ".tmp.state.3.yaml.999999.abcd")
+    for path in (old_tok, old_tmp):
+        with open(path, "w") as f:
+            f.write("left by a kill -9")
+    worker = subprocess.Popen(CLI + ["run", job, "--lease", "1", "--heartbeat", "0.2"])
+    try:
+        assert wait_for(lambda: not os.path.exists(old_tok) and not os.path.exists(old_tmp), timeout=20)
+        fresh = os.path.join(job, ".tok.otherhost.12345.beef")
+        with open(fresh, "w") as f:
+            f.write("just written")
+        time.sleep(0.5)  # less than the lease: must survive
+        assert os.path.exists(fresh)
+        assert worker.wait(30) == 0
+    finally:
+        worker.kill()
+    assert read_state(job)["result"] == 80
