@@ -9,6 +9,9 @@ import argparse
 import os
 import sys
 
+from .argtypes import finite as _number
+from .argtypes import positive_int as _positive_int
+from .argtypes import seconds as _seconds
 from .errors import DbdictError, UsageError
 
 EXIT_USAGE = 2
@@ -23,36 +26,6 @@ class _Parser(argparse.ArgumentParser):
 
 def _help(text):
     return {"formatter_class": argparse.RawDescriptionHelpFormatter, "description": text.strip()}
-
-
-def _seconds(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
-    return value
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
-
-
-def _number(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
 
 
 RUN_OPTIONS = ("grace", "max_runtime", "lease", "heartbeat", "finish_up_after", "save_every",
@@ -459,16 +432,21 @@ COMMANDS = ("create", "run", "work", "cmdline", "query", "status", "requeue", "c
             "submit")
 
 
-def _fix_argv(argv):
-    """`--sort -key` must work as written: argparse would take `-key` for an option."""
+def fix_negative_sort(argv):
+    """Rewrite `--sort -key` as `--sort=-key`: argparse would take `-key` for an option."""
     out, i = [], 0
+    argv = list(argv)
     while i < len(argv):
-        if argv[i] == "--sort" and i + 1 < len(argv) and argv[i + 1].startswith("-") and argv[i + 1] != "--":
+        arg = argv[i]
+        if arg == "--":
+            out.extend(argv[i:])
+            break
+        if arg == "--sort" and i + 1 < len(argv) and argv[i + 1].startswith("-") and not argv[i + 1].startswith("--"):
             out.append(f"--sort={argv[i + 1]}")
             i += 2
-        else:
-            out.append(argv[i])
-            i += 1
+            continue
+        out.append(arg)
+        i += 1
     return out
 
 
@@ -491,7 +469,7 @@ def main(argv=None, prog="dbdict", only=None):
         if command in COMMANDS and (only is None or command in only):
             only = (command,)
         parser = build_parser(prog, only)
-        args, extra = parser.parse_known_args(_fix_argv(argv))
+        args, extra = parser.parse_known_args(fix_negative_sort(argv))
         _collect_rest(parser, args, extra)
         return args.func(args)
     except DbdictError as exc:

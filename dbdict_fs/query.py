@@ -8,6 +8,7 @@ import re
 import sys
 
 from . import output
+from .argtypes import nonneg_int
 from .errors import UsageError
 from .index import PATH, STATUS, build_index
 
@@ -47,36 +48,6 @@ def parse_filters(tokens):
     return out
 
 
-def fix_negative_sort(argv):
-    """Rewrite `--sort -key` as `--sort=-key`: argparse would take `-key` for an option."""
-    out, i = [], 0
-    argv = list(argv)
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--":
-            out.extend(argv[i:])
-            break
-        if arg == "--sort" and i + 1 < len(argv) and argv[i + 1].startswith("-") and not argv[i + 1].startswith("--"):
-            out.append(f"--sort={argv[i + 1]}")
-            i += 2
-            continue
-        out.append(arg)
-        i += 1
-    return out
-
-
-def _limit(text):
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a count >= 0, got {text!r}")
-    return value
-
-
 def add_filter_arguments(parser):
     """key=value filters (ANDed) and --where EXPR, as every command that selects jobs takes."""
     parser.add_argument("filters", nargs="*", metavar="key=value",
@@ -96,7 +67,7 @@ def add_arguments(parser):
                         help="run a read-only SQL query on the table `jobs` (quote dotted names: \"model.arch\")")
     parser.add_argument("--sort", metavar="[-]KEY[,...]",
                         help="sort by these columns, `-key` descending (NULLs last); default: by path")
-    parser.add_argument("--limit", type=_limit, metavar="N", help="print at most N rows")
+    parser.add_argument("--limit", type=nonneg_int, metavar="N", help="print at most N rows")
     output.add_output_arguments(parser)
     parser.add_argument("--no-cache", action="store_true",
                         help="read every job's files (skip the index cache in ~/.cache/dbdict_fs)")

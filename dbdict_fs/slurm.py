@@ -30,6 +30,7 @@ import time as _time
 # secrets, shlex, shutil and subprocess are imported where used: cli.py builds the `submit`
 # parser for every command, and they cost ~20 ms of start-up.
 
+from .argtypes import nonneg_int, positive_int, positive_seconds
 from .errors import DbdictError, UsageError
 
 DEFAULT_SIGNAL_GRACE = 180  # s before the time limit; SLURM may send it up to ~60 s late
@@ -480,33 +481,6 @@ def gone_jobdirs(jobdirs, squeue="squeue", timeout=15):
 
 # ---------------------------------------------------------------- command line
 
-def _nonneg_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
-
-
-def _pos_int(text):
-    value = _nonneg_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
-
-
-def _seconds(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
-    return value
-
-
 HELP = """\
 Submit workers for TREE to SLURM as one job array, and print the sbatch script's path, then
 the SLURM job id alone on the last line. The script, its job list (--per-job) and the worker
@@ -530,31 +504,31 @@ def add_arguments(p):
     p.usage = "%(prog)s TREE --slurm (--workers N | --per-job) [options] [-- SBATCH_ARGS...]"
     p.add_argument("tree", metavar="TREE")
     p.add_argument("--slurm", action="store_true", help="submit to SLURM with sbatch (the only backend so far)")
-    p.add_argument("--workers", type=_pos_int, metavar="N",
+    p.add_argument("--workers", type=positive_int, metavar="N",
                    help="array tasks, each a `dbdict work TREE` worker (with --per-job: at most N at once)")
     p.add_argument("--time", metavar="T", help="time limit per task, as sbatch --time (e.g. 4:00:00, 1-0)")
     p.add_argument("--partition", metavar="P")
-    p.add_argument("--cpus-per-task", type=_pos_int, metavar="C")
+    p.add_argument("--cpus-per-task", type=positive_int, metavar="C")
     p.add_argument("--mem", metavar="M", help="memory per node, as sbatch --mem (e.g. 16G)")
     p.add_argument("--gres", metavar="G", help="generic resources, as sbatch --gres (e.g. gpu:1)")
     p.add_argument("--job-name", metavar="NAME", help="SLURM job name (default dbdict-<tree name>)")
-    p.add_argument("--signal-grace", type=_pos_int, default=DEFAULT_SIGNAL_GRACE, metavar="S",
+    p.add_argument("--signal-grace", type=positive_int, default=DEFAULT_SIGNAL_GRACE, metavar="S",
                    help=f"SLURM sends USR2 S seconds before the time limit (default {DEFAULT_SIGNAL_GRACE}; "
                         f"it may come up to a minute late)")
     p.add_argument("--no-resubmit", dest="resubmit", action="store_false",
                    help="a task stopped by a signal does not requeue itself")
-    p.add_argument("--max-resubmits", type=_nonneg_int, default=DEFAULT_MAX_RESUBMITS, metavar="N",
+    p.add_argument("--max-resubmits", type=nonneg_int, default=DEFAULT_MAX_RESUBMITS, metavar="N",
                    help=f"times each task may requeue itself (default {DEFAULT_MAX_RESUBMITS})")
     p.add_argument("--per-job", action="store_true",
                    help="one array task per runnable job (`dbdict run JOBDIR`) instead of N workers")
     p.add_argument("--dry-run", action="store_true", help="print the script; write and submit nothing")
     g = p.add_argument_group("worker options (passed to `dbdict work`/`dbdict run` in each task)")
-    g.add_argument("--grace", type=_seconds, metavar="S",
+    g.add_argument("--grace", type=positive_seconds, metavar="S",
                    help="after 'stop', seconds before the experiment is killed "
                         "(default: a third of --signal-grace, at most 60)")
-    g.add_argument("--lease", type=_seconds, metavar="S")
-    g.add_argument("--heartbeat", type=_seconds, metavar="S")
-    g.add_argument("--max-attempts", type=_pos_int, metavar="N")
+    g.add_argument("--lease", type=positive_seconds, metavar="S")
+    g.add_argument("--heartbeat", type=positive_seconds, metavar="S")
+    g.add_argument("--max-attempts", type=positive_int, metavar="N")
     g.add_argument("--wait", action="store_true", help="workers keep polling while jobs run elsewhere")
     p.set_defaults(sbatch_args=[])
     _split_at_double_dash(p)

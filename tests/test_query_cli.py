@@ -11,7 +11,8 @@ from conftest import run_cli
 from test_index import TOKEN, backdate, make_job
 
 from dbdict_fs import jobdir as jd
-from dbdict_fs.query import fix_negative_sort, parse_value
+from dbdict_fs.cli import fix_negative_sort
+from dbdict_fs.query import parse_value
 
 
 @pytest.fixture(autouse=True)
