@@ -81,7 +81,7 @@ def cancel_transform(selected_as):
 def _select(tree, args):
     from . import query
 
-    rows = query.select(tree, args)
+    rows = query.select(tree, args, progress=True)
     _mark_gone_cluster_jobs(rows)
     return rows
 

@@ -87,9 +87,9 @@ def _options(args, overrides):
 def select(tree, args=None, **options):
     """Rows (dicts, every column) of the jobs of `tree` matching the filters of `args` (an
     argparse namespace) or keyword options: filters (['k=v', ...], [(k, v)] or a dict),
-    where, sort, limit, no_cache."""
+    where, sort, limit, no_cache, progress (a bar on a terminal's stderr for slow scans)."""
     opts = _options(args, options)
-    index = build_index(tree, cache=not opts.get("no_cache"))
+    index = build_index(tree, cache=not opts.get("no_cache"), progress=bool(opts.get("progress")))
     return index.select(opts["filters"], opts.get("where"), opts.get("sort"), opts.get("limit"))
 
 
