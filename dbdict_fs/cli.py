@@ -367,7 +367,8 @@ examples:
     if p:
         p.add_argument("tree", metavar="TREE")
         _add_filters(p)
-        p.add_argument("--format", choices=("table", "json"), default="table")
+        p.add_argument("--format", choices=("table", "json"), default="table",
+                       help="table for people, json for scripts (default table)")
         p.add_argument("--watch", type=_seconds, nargs="?", const=2.0, metavar="S",
                        help="refresh every S seconds (default 2) until Ctrl-C")
 
@@ -407,7 +408,8 @@ example:
 """)
     if p:
         p.add_argument("jobdir", metavar="JOBDIR")
-        p.add_argument("--format", choices=("text", "json"), default="text")
+        p.add_argument("--format", choices=("text", "json"), default="text",
+                       help="text for people, json for scripts (default text)")
 
     p = add("logs", cmd_logs, "print a job's stdout or stderr", f"""
 examples:

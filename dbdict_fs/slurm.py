@@ -507,8 +507,8 @@ def add_arguments(p):
     p.add_argument("--workers", type=positive_int, metavar="N",
                    help="array tasks, each a `dbdict work TREE` worker (with --per-job: at most N at once)")
     p.add_argument("--time", metavar="T", help="time limit per task, as sbatch --time (e.g. 4:00:00, 1-0)")
-    p.add_argument("--partition", metavar="P")
-    p.add_argument("--cpus-per-task", type=positive_int, metavar="C")
+    p.add_argument("--partition", metavar="P", help="the SLURM partition, as sbatch --partition")
+    p.add_argument("--cpus-per-task", type=positive_int, metavar="C", help="CPUs per task, as sbatch --cpus-per-task")
     p.add_argument("--mem", metavar="M", help="memory per node, as sbatch --mem (e.g. 16G)")
     p.add_argument("--gres", metavar="G", help="generic resources, as sbatch --gres (e.g. gpu:1)")
     p.add_argument("--job-name", metavar="NAME", help="SLURM job name (default dbdict-<tree name>)")
@@ -526,9 +526,11 @@ def add_arguments(p):
     g.add_argument("--grace", type=positive_seconds, metavar="S",
                    help="after 'stop', seconds before the experiment is killed "
                         "(default: a third of --signal-grace, at most 60)")
-    g.add_argument("--lease", type=positive_seconds, metavar="S")
-    g.add_argument("--heartbeat", type=positive_seconds, metavar="S")
-    g.add_argument("--max-attempts", type=positive_int, metavar="N")
+    g.add_argument("--lease", type=positive_seconds, metavar="S", help="each worker's claim lease (dbdict work --lease)")
+    g.add_argument("--heartbeat", type=positive_seconds, metavar="S",
+                   help="each worker's heartbeat interval (dbdict work --heartbeat)")
+    g.add_argument("--max-attempts", type=positive_int, metavar="N",
+                   help="lost attempts before a job fails (dbdict work --max-attempts)")
     g.add_argument("--wait", action="store_true", help="workers keep polling while jobs run elsewhere")
     p.set_defaults(sbatch_args=[])
     _split_at_double_dash(p)

@@ -201,3 +201,21 @@ def test_help_has_examples():
         assert "example" in proc.stdout, command
     assert "example" in run_cli("--help", prog="dbdict-query").stdout
     assert run_cli("--help", prog="dbdict-run-job").returncode == 0
+
+
+def test_every_option_has_help_and_is_in_the_readme():
+    """Like sqlite-utils' test_docs: an option without help text, or a command the README
+    never shows, fails here."""
+    import argparse
+
+    from dbdict_fs.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert sorted(sub.choices) == sorted(COMMANDS)
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    for name, p in sub.choices.items():
+        assert f"dbdict {name}" in readme or (name == "query" and "dbdict-query" in readme), name
+        for action in p._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"{name} {action.option_strings[0]} has no help text"
