@@ -13,7 +13,6 @@ import signal
 import sys
 import threading
 import time
-import traceback
 
 from .experiment import State, call_experiment, load_experiment
 
@@ -153,6 +152,8 @@ def main(argv=None):
             returned = None
         else:
             _print_user_traceback(exc)
+            import traceback
+
             last = traceback.format_exception_only(type(exc), exc)[-1].strip()
             _send_final(link, {"op": "error", "error": last, "state": state})
             return 1
@@ -170,6 +171,8 @@ def _print_user_traceback(exc):
     package = os.path.dirname(os.path.abspath(__file__))
     while tb is not None and os.path.dirname(os.path.abspath(tb.tb_frame.f_code.co_filename)) == package:
         tb = tb.tb_next
+    import traceback
+
     traceback.print_exception(type(exc), exc, tb or exc.__traceback__)
     sys.stderr.flush()
 

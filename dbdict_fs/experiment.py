@@ -5,14 +5,11 @@ class with `start()`, `resume()` and `run(channel)` (subclass `Experiment` for t
 Specs are "module:attr" or "path/to/file.py:attr" (DESIGN.md 2 and 5).
 """
 
-import ast
 import importlib
 import importlib.util
-import inspect
 import os
 import re
 import sys
-import sysconfig
 
 from .errors import ExperimentError
 
@@ -128,15 +125,27 @@ def split_spec(spec):
     return target, attr, is_file
 
 
-def _defines(path, attr):
-    """Whether a Python source file defines `attr` at top level (read with ast, not run)."""
+def _parse_source(path):
+    """The top-level statements of a Python file, read with ast (never run), or None.
+
+    ast is imported here, not at module level: the experiment's process never needs it.
+    """
+    import ast
+
     try:
         with open(path, "rb") as f:
-            tree = ast.parse(f.read(), filename=path)
+            return ast, ast.parse(f.read(), filename=path).body
     except (OSError, SyntaxError, ValueError):
+        return ast, None
+
+
+def _defines(path, attr):
+    """Whether a Python source file defines `attr` at top level (read with ast, not run)."""
+    ast, body = _parse_source(path)
+    if body is None:
         return True  # cannot tell without running it: the run will report the problem
     names = set()
-    for node in tree.body:
+    for node in body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             names.add(node.name)
         elif isinstance(node, (ast.Assign, ast.AnnAssign)):
@@ -153,6 +162,8 @@ def _defines(path, attr):
 
 
 def _installed_roots():
+    import sysconfig
+
     paths = sysconfig.get_paths()
     return {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
 
@@ -214,12 +225,8 @@ def _source_of(spec, pythonpath=()):
 
 
 def _is_class(path, attr):
-    try:
-        with open(path, "rb") as f:
-            tree = ast.parse(f.read(), filename=path)
-    except (OSError, SyntaxError, ValueError):
-        return False
-    return any(isinstance(n, ast.ClassDef) and n.name == attr for n in tree.body)
+    ast, body = _parse_source(path)
+    return any(isinstance(n, ast.ClassDef) and n.name == attr for n in body or ())
 
 
 def declared_defaults(spec, pythonpath=()):
@@ -283,7 +290,9 @@ def load_experiment(spec, pythonpath=()):
 
 def call_experiment(obj, state, channel, resume):
     """Run a function- or class-form experiment; returns what it returned."""
-    if inspect.isclass(obj):
+    if isinstance(obj, type):
+        import inspect
+
         defaults = getattr(obj, "defaults", None)
         if isinstance(defaults, dict):
             state.use_defaults(defaults)
