@@ -325,6 +325,22 @@ class Claim:
         self.lost = None
         self.taken_by = None
         self._transients = {}  # name -> (signature, boottime first seen with it)
+        self.heartbeat = token.get("heartbeat", DEFAULT_HEARTBEAT)
+        self._next_beat = linked_at + self.heartbeat
+
+    def keep_alive(self):
+        """For long steps of the worker itself (scratch copies): heartbeat when one is due.
+        True while this holder still holds the job."""
+        now = boottime()
+        if now >= self._next_beat:
+            self._next_beat = now + self.heartbeat
+            self.beat()
+        return self.fenced() is None
+
+    def check(self):
+        """Look now for a newer claim (one listing). True while this holder holds the job."""
+        self._check_newer()
+        return self.fenced() is None
 
     def beat(self):
         """Heartbeat: set the claim's mtime, then look for a newer claim. Returns fenced().

@@ -17,6 +17,11 @@ import time
 from .experiment import State, call_experiment, load_experiment
 
 
+def _boottime():
+    """CLOCK_BOOTTIME, like the worker's fencing: it counts time the machine was suspended."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 def _json_default(value):
     """Let experiments store numpy scalars and arrays without thinking about it."""
     if hasattr(value, "item") and callable(value.item):
@@ -70,7 +75,7 @@ class Link:
         self._control = os.fdopen(control_fd, "r", encoding="utf-8")
         self._result = os.fdopen(result_fd, "w", encoding="utf-8")
         self.fence_after = 300.0
-        self._last_ping = time.monotonic()
+        self._last_ping = _boottime()
         self._replies = []
         self._cond = threading.Condition()
         self.channel = None
@@ -92,7 +97,7 @@ class Link:
             except ValueError:
                 continue
             op = msg.get("op")
-            self._last_ping = time.monotonic()
+            self._last_ping = _boottime()
             if op == "signal" and self.channel is not None:
                 self.channel._post(msg["value"])
             elif op == "reply":
@@ -104,7 +109,7 @@ class Link:
     def _watchdog(self):
         while True:
             time.sleep(min(1.0, self.fence_after / 4))
-            if time.monotonic() - self._last_ping > self.fence_after:
+            if _boottime() - self._last_ping > self.fence_after:
                 _die("no word from the worker for half the lease (stopped or hung)")
 
     def send(self, msg):
@@ -137,6 +142,9 @@ def main(argv=None):
     # the experiment before it can checkpoint.
     for sig in (signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
+    # The worker's death (PR_SET_PDEATHSIG, set before exec) ends our whole process group,
+    # so nothing the experiment started outlives it.
+    signal.signal(signal.SIGHUP, lambda signum, frame: _die("the worker died"))
     link = Link(control_fd, result_fd)
     init = link.read_init()
     link.fence_after = float(init.get("fence_after", 300.0))

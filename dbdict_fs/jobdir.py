@@ -398,7 +398,12 @@ def write_state_file(jobdir, epoch, state):
     The caller must hold claim `epoch` and have checked that it is not fenced.
     """
     paths = JobPaths(jobdir)
-    atomic_write(paths.state(epoch), dump_state(state))
+    path = paths.state(epoch)
+    _check_size(state, path)  # never write what readers would call corrupt
+    data = dump_state(state)
+    if len(data) > MAX_FILE_BYTES:
+        raise CorruptJob(path, f"a state of {len(data)} bytes is larger than {MAX_FILE_BYTES}")
+    atomic_write(path, data)
     update_state_link(jobdir)
 
 

@@ -277,7 +277,12 @@ def split_attempts(text):
 def cmd_logs(args):
     _require_job(args.jobdir)
     path = os.path.join(args.jobdir, jd.STDERR if args.stderr else jd.STDOUT)
-    with open(path, "rb") as f:
+    try:
+        fd, _ = jd.open_regular(path)  # a FIFO planted as stdout must not hang `logs`
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    with os.fdopen(fd, "rb") as f:
+        os.set_blocking(fd, True)
         text = f.read().decode("utf-8", errors="replace")
         if args.attempt is not None:
             parts = split_attempts(text)

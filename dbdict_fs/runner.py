@@ -6,6 +6,7 @@ The worker holds the claim and heartbeats; the experiment runs in a child proces
 
 import copy
 import ctypes
+import errno
 import fcntl
 import json
 import math
@@ -13,6 +14,7 @@ import os
 import random
 import select
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -158,12 +160,20 @@ class StopSignals:
 
 # ---------------------------------------------------------------- the child process
 
+DEATH_SIGNAL = signal.SIGHUP  # dbdict_fs.child turns it into a kill of its whole process group
+
+
 def _child_preexec():
-    """In the child before exec: own process group, and die when the worker dies."""
+    """In the child before exec: own process group, and a signal when the worker dies.
+
+    Not SIGKILL: that would end the experiment's process alone, orphaning whatever it
+    started; the child catches DEATH_SIGNAL and kills its process group (EOF on the
+    control pipe does the same, from a thread, if the main thread is stuck in C code).
+    """
     os.setpgid(0, 0)
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(_PR_SET_PDEATHSIG, DEATH_SIGNAL, 0, 0, 0)
     except (OSError, AttributeError):
         pass  # not Linux: the control pipe's EOF still ends the child
     if os.getppid() == 1:
@@ -181,10 +191,17 @@ def _spawn_child(cwd, out, err, env_extra):
             [sys.executable, "-m", "dbdict_fs.child", str(control_r), str(result_w)],
             cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
             pass_fds=(control_r, result_w), preexec_fn=_child_preexec, close_fds=True)
+    except BaseException:
+        os.close(control_w)
+        os.close(result_r)
+        raise
     finally:
         os.close(control_r)
         os.close(result_w)
     os.set_inheritable(control_w, False)
+    # Non-blocking: a process the experiment forked may hold the pipe's write end open after
+    # the experiment itself died, so reads must never wait for an EOF that may not come.
+    os.set_blocking(result_r, False)
     return proc, os.fdopen(control_w, "w", encoding="utf-8"), result_r
 
 
@@ -205,13 +222,17 @@ class Child:
             pass  # the child is gone: its exit is noticed on the result pipe
 
     def read_messages(self):
-        """Messages available now (call when select says the result pipe is readable)."""
-        try:
-            data = os.read(self.result_fd, 1 << 20)
-        except BlockingIOError:
-            return []
-        if not data:
-            self.eof = True
+        """Messages available now (the result pipe is non-blocking)."""
+        data = b""
+        while True:
+            try:
+                chunk = os.read(self.result_fd, 1 << 20)
+            except BlockingIOError:
+                break
+            if not chunk:
+                self.eof = True
+                break
+            data += chunk
         self._buf += data
         lines = self._buf.split(b"\n")
         self._buf = lines.pop()
@@ -237,6 +258,10 @@ class Child:
             self.kill()
             return self.proc.wait()
 
+    def exited(self):
+        """Whether the experiment's process has ended (its pipe may still be held open)."""
+        return self.proc.poll() is not None
+
     def close(self):
         for closer in (self._control.close, lambda: os.close(self.result_fd)):
             try:
@@ -244,6 +269,10 @@ class Child:
             except OSError:
                 pass
         self.kill()  # anything left in its process group goes too
+        try:
+            self.proc.wait(5)  # reap it: a long work loop must not collect zombies
+        except subprocess.TimeoutExpired:
+            pass
 
 
 # ---------------------------------------------------------------- one attempt
@@ -274,8 +303,18 @@ def check_job(jobdir):
 
 
 def _open_log(path):
-    """Append to stdout/stderr, never through a symlink planted in the job directory."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    """Append to stdout/stderr: a regular file, never through a symlink, never a FIFO
+    (O_NONBLOCK: opening a FIFO would wait, unkillably, for a reader)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a FIFO without a reader
+            raise OSError(errno.EINVAL, "not a regular file", path) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", path)
+    os.set_blocking(fd, True)
     return os.fdopen(fd, "ab")
 
 
@@ -296,16 +335,19 @@ def run_claimed(held, opts, signals):
         book.update(status="failed", attempts=attempts - 1,
                     error=f"lost its worker or was killed {attempts - 1} times (max_attempts {opts.max_attempts})")
         return _commit(held, state, EXIT_FAILED, book["error"])
-    from .scratch import Scratch
     paths = jd.JobPaths(held.jobdir)
-    scratch = Scratch(paths.workdir, opts.scratch) if opts.scratch else None
     book.update(status="running", attempts=attempts, host=held.token["host"], pid=os.getpid(),
                 worker=held.token["worker"], cluster_job=held.token["cluster_job"],
                 start=booking.utc_iso(), end=None, duration=None, error=None,
                 runs=int(book.get("runs", 0) or 0) + 1)
     resume = book["runs"] > 1
-    os.makedirs(paths.workdir, exist_ok=True)
+    scratch = None
     try:
+        os.makedirs(paths.workdir, exist_ok=True)
+        if opts.scratch:
+            from .scratch import Scratch
+
+            scratch = Scratch(paths.workdir, opts.scratch, keep_alive=held.keep_alive)
         with _open_log(paths.stdout) as out, _open_log(paths.stderr) as err:
             header = _header(held, attempts, book)
             out.write(header)
@@ -317,9 +359,11 @@ def run_claimed(held, opts, signals):
     except OSError as exc:
         if scratch:
             scratch.remove()
-        # The claim stays without a state of its own: the job shows as booked, then stale,
-        # and is taken again after the lease.
-        raise WriteError(f"{held.jobdir}: cannot start the attempt: {exc.strerror or exc}") from exc
+        return _start_failed(held, exc)
+    except Fenced:
+        if scratch:
+            scratch.remove()
+        raise
     try:
         book["pgid"] = child.pid
         try:
@@ -356,8 +400,9 @@ class _Attempt:
         self.final = None
 
     def _deadlines(self):
+        poll = booking.boottime() + 1.0  # look at the experiment's process at least every second
         return [t for t in (self.next_beat, self.stop_deadline, self.finish_up_at, self.next_save,
-                            self.runtime_end) if t is not None]
+                            self.runtime_end, poll) if t is not None]
 
     def loop(self):
         fds = [self.child.result_fd] + ([self.signals.fd] if self.signals.fd is not None else [])
@@ -370,10 +415,14 @@ class _Attempt:
             if self.signals.fd in ready:
                 self.signals.drain()
             self._on_signals()
-            if self.child.result_fd in ready:
+            if self.child.result_fd in ready or self.child.exited():
+                # exited(): the experiment may be dead while a process it forked keeps
+                # the pipe open, so its end is also noticed by polling, not only by EOF.
                 for msg in self.child.read_messages():
                     self._on_message(msg)
-                if self.final is not None or self.child.eof:
+                if self.held.lost is not None:
+                    return self._lost()  # e.g. a save found a newer claim: stop at once
+                if self.final is not None or self.child.eof or self.child.exited():
                     return self._finish()
             now = booking.boottime()
             if now >= self.next_beat:
@@ -419,13 +468,16 @@ class _Attempt:
         return state
 
     def _commit_save(self, child_state):
-        if self.scratch and not self.held.fenced():
-            self.scratch.sync_back()
         state = self._merge(child_state)
         state["dbdict"]["saved"] = booking.utc_iso()
         try:
+            if self.scratch and self.held.check():
+                self.scratch.sync_back()
             self.held.write_state(state)
         except Fenced:
+            return False
+        except CorruptJob as exc:
+            _warn(self.opts, f"{self.held.jobdir}: could not save: {exc.reason}")
             return False
         except WriteError as exc:
             _warn(self.opts, f"{self.held.jobdir}: could not save: {exc}")
@@ -466,10 +518,13 @@ class _Attempt:
     def _finish(self):
         """The experiment ended (returned, raised, crashed or was killed): commit the end."""
         code = self._wait_child(10 if self.final else 1)
-        if code is _LOST or self.held.fenced():
+        if code is _LOST or not self.held.check():
             return self._lost()
         if self.scratch:
-            self.scratch.sync_back()
+            try:
+                self.scratch.sync_back()
+            except Fenced:
+                return self._lost()
         msg = self.final or {}
         state = self._merge(msg.get("state"))
         book = state["dbdict"]
@@ -502,6 +557,19 @@ class _Attempt:
         return _commit(self.held, state, EXIT_INCOMPLETE, f"{self.held.jobdir}: {reason}; requeued")
 
 
+def _start_failed(held, exc):
+    """An attempt could not start. A full disk or read-only tree fails every job alike: raise
+    (the worker stops; the claim is recovered after its lease). Anything else is this job's
+    own damage (a stdout that is a symlink or a FIFO, a workdir that is a file): the job is
+    failed with the reason, under the claim already held, so no worker trips on it again."""
+    reason = f"cannot start the attempt: {exc.strerror or exc}"
+    if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        raise WriteError(f"{held.jobdir}: {reason}") from exc
+    state = copy.deepcopy(held.state)
+    state["dbdict"].update(status="failed", error=reason)
+    return _commit(held, state, EXIT_FAILED, f"{held.jobdir}: failed: {reason}")
+
+
 def _death(code):
     if code is not None and code < 0:
         try:
@@ -516,7 +584,16 @@ def _commit(held, state, exit_code, message):
     """Write the attempt's final state under the claim; its outcome (or why it could not)."""
     status = state["dbdict"]["status"]
     try:
-        held.write_state(state)
+        try:
+            held.write_state(state)
+        except CorruptJob as exc:
+            # The experiment's results cannot be stored (too large): keep the state the
+            # attempt started from, so the job stays readable, and say why it failed.
+            status, exit_code = "failed", EXIT_FAILED
+            message = f"{held.jobdir}: failed: the experiment's state cannot be stored: {exc.reason}"
+            book = dict(state["dbdict"], status=status, error=message.split(": failed: ", 1)[1])
+            state = dict(copy.deepcopy(held.state), dbdict=book)
+            held.write_state(state)
     except Fenced as exc:
         return Outcome(held.jobdir, "lost", EXIT_NOT_RUNNABLE, str(exc), held.epoch)
     except WriteError as exc:

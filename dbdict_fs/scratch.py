@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 
+from .errors import Fenced
 from .jobdir import replacing
 
 
@@ -31,17 +32,25 @@ def copy_atomic(src, dst):
 class Scratch:
     """A private local copy of a job's workdir."""
 
-    def __init__(self, workdir, base):
+    def __init__(self, workdir, base, keep_alive=None):
+        """Copy `workdir` under `base`; `keep_alive()` is called between files (the worker's
+        heartbeat) and stops the copy, raising Fenced, once it returns False."""
         self.workdir = workdir
+        self.keep_alive = keep_alive or (lambda: True)
         self.path = tempfile.mkdtemp(prefix="dbdict-scratch-", dir=base)
         self._synced = {}
         for rel in _files(workdir):
             if os.path.basename(rel).startswith(".tmp."):
                 continue
+            self._alive()
             dst = os.path.join(self.path, rel)
             os.makedirs(os.path.dirname(dst), exist_ok=True)
             shutil.copy2(os.path.join(workdir, rel), dst)
             self._synced[rel] = self._signature(dst)
+
+    def _alive(self):
+        if not self.keep_alive():
+            raise Fenced(f"{self.workdir}: this worker no longer holds the job: scratch copy stopped")
 
     @staticmethod
     def _signature(path):
@@ -58,6 +67,7 @@ class Scratch:
                 continue
             if self._synced.get(rel) == sig:
                 continue
+            self._alive()  # a fenced-out worker must not overwrite the new holder's files
             copy_atomic(src, os.path.join(self.workdir, rel))
             self._synced[rel] = sig
 

@@ -209,3 +209,41 @@ def test_holder_sweeps_transient_files_left_by_dead_processes(tree):
     finally:
         worker.kill()
     assert read_state(job)["result"] == 80
+
+
+def _gone(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1].startswith(("Z", "X"))
+    except FileNotFoundError:
+        return True
+
+
+def test_experiment_death_noticed_while_its_fork_holds_the_pipe(tree):
+    """The experiment dies without a result while a process it forked keeps the result pipe
+    open: the worker must still notice (by polling), requeue, and stop heartbeating."""
+    job = make_job(tree, "fork_then_die", x=1)
+    started = time.time()
+    proc = run_cli("run", job, "--lease", "10", "--heartbeat", "2", timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert time.time() - started < 15
+    book = read_state(job)["dbdict"]
+    assert book["status"] == "ready" and "SIGKILL" in book["error"]
+
+
+def test_helpers_of_the_experiment_die_with_a_kill_9ed_worker(tree):
+    job = make_job(tree, "with_helper", sleep=60)
+    worker = subprocess.Popen(CLI + ["run", job])
+    pidfile = os.path.join(job, "workdir", "helper.pid")
+    try:
+        assert wait_for(lambda: os.path.exists(pidfile) and open(pidfile).read().strip())
+        helper = int(open(pidfile).read())
+        assert not _gone(helper)
+        worker.kill()
+        worker.wait()
+        assert wait_for(lambda: _gone(helper), timeout=10), "the experiment's helper outlived its worker"
+        # and the same-host fast path takes the job at once (no live process group left)
+        proc = run_cli("run", job, "--max-runtime", "1")
+        assert proc.returncode == 3 and "max-runtime" in read_state(job)["dbdict"]["error"]
+    finally:
+        worker.kill()

@@ -219,3 +219,23 @@ def test_every_option_has_help_and_is_in_the_readme():
         for action in p._actions:
             if action.option_strings and action.dest != "help":
                 assert action.help, f"{name} {action.option_strings[0]} has no help text"
+
+
+def test_state_too_large_to_store_fails_the_job_readably(tree):
+    job = make_job(tree, "big_state", x=1)
+    proc = run_cli("run", job)
+    assert proc.returncode == 1, proc.stderr
+    state = read_state(job)  # still readable: not corrupt
+    assert state["dbdict"]["status"] == "failed" and "cannot be stored" in state["dbdict"]["error"]
+    assert "curve" not in state
+
+
+def test_a_fifo_as_stdout_fails_the_job_instead_of_hanging(tree):
+    job = make_job(tree, "double", x=1)
+    os.unlink(os.path.join(job, "stdout"))
+    os.mkfifo(os.path.join(job, "stdout"))
+    proc = run_cli("run", job, timeout=20)
+    assert proc.returncode == 1 and "not a regular file" in proc.stderr
+    assert read_state(job)["dbdict"]["status"] == "failed"
+    logs = run_cli("logs", job, timeout=20)
+    assert logs.returncode == 2 and "not a regular file" in logs.stderr

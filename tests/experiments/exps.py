@@ -119,3 +119,27 @@ def sweep():
     """A generator of configs, as users write them."""
     for x in (1, 2, 3):
         yield {"x": x, "model": {"arch": "mlp", "depth": x}}
+
+
+def fork_then_die(state, channel):
+    """Forks a helper that keeps the result pipe open, then dies without returning."""
+    if os.fork() == 0:
+        time.sleep(3600)
+        os._exit(0)
+    time.sleep(0.3)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def with_helper(state, channel):
+    """Starts a helper process (a data loader, a simulator), records its pid, then works."""
+    import subprocess
+
+    helper = subprocess.Popen(["sleep", "300"])
+    with open("helper.pid", "w") as f:
+        f.write(str(helper.pid))
+    time.sleep(state.get("sleep", 60))
+
+
+def big_state(state, channel):
+    """Writes more values than a state file may hold."""
+    state.curve = list(range(1_100_000))
