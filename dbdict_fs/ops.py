@@ -22,19 +22,45 @@ NEEDS_FORCE = ("done", "running", "booked")
 
 # ---------------------------------------------------------------- changing jobs
 
-def change_job(jobdir, transform, purpose):
-    """Apply `transform(state, epoch) -> new state or None` to a job under a new claim.
+def fresh_status(jobdir, listing, state, ask_slurm=False):
+    """The job's status now, derived as the index does (booked, stale), from fresh reads.
 
-    The decision is taken twice: on the state read before claiming (so jobs that need no
-    change cost no claim), and again on the state read after winning (the compare-and-swap).
-    Returns True when a new state was written.
+    Decisions use this, not the status a row was selected by: a holder may have claimed
+    the job since, and a command's claim fences whoever holds the job.
     """
-    _, state = jd.read_latest_state(jobdir)
-    if transform(copy.deepcopy(state), None) is None:
+    from .index import claim_lease, live_status
+
+    book = state["dbdict"]
+    top = listing.claim_epoch
+    raw = "booked" if top > book["epoch"] else book["status"]
+    if raw not in ("running", "booked"):
+        return raw
+    token = jd.read_claim(jobdir, top) if top else {}
+    status = live_status(jobdir, raw, top, claim_lease(token), time.time())
+    if status != "stale" and ask_slurm and token.get("cluster_job"):
+        from . import slurm
+
+        if jobdir in slurm.gone_jobdirs([jobdir]):
+            status = "stale"
+    return status
+
+
+def change_job(jobdir, transform, purpose, ask_slurm=False):
+    """Apply `transform(state, epoch, status) -> new state or None` under a new claim.
+
+    The decision is taken twice: on the fresh status before claiming (so jobs that need no
+    change cost no claim, and a live holder is not fenced by mistake), and again on the
+    state read after winning (the compare-and-swap). True when a new state was written.
+    """
+    listing, state = jd.read_latest_state(jobdir)
+    status = fresh_status(jobdir, listing, state, ask_slurm)
+    if transform(copy.deepcopy(state), None, status) is None:
         return False
     held = booking.claim(jobdir, force=True, purpose=purpose, wait=False,
                          lease=booking.DEFAULT_LEASE, heartbeat=booking.DEFAULT_HEARTBEAT)
-    new = transform(copy.deepcopy(held.state), held.epoch)
+    unchanged = (held.state["dbdict"]["epoch"] == state["dbdict"]["epoch"]
+                 and held.state["dbdict"]["status"] == state["dbdict"]["status"])
+    new = transform(copy.deepcopy(held.state), held.epoch, status if unchanged else None)
     if new is None:
         booking.give_back(held)
         return False
@@ -43,19 +69,19 @@ def change_job(jobdir, transform, purpose):
     return True
 
 
-def effective_status(state, selected_as):
+def effective_status(state, derived):
     """The status a change decides on: the written one, or the derived one (stale, booked)
-    the row was selected by while the written status still agrees with it."""
+    judged on fresh reads while the written status still agrees with it."""
     status = state["dbdict"]["status"]
-    if selected_as in ("stale", "booked") and status in ("running", "ready"):
-        return selected_as
+    if derived in ("stale", "booked") and status in ("running", "ready"):
+        return derived
     return status
 
 
-def requeue_transform(statuses, selected_as, priority=None):
+def requeue_transform(statuses, priority=None):
     """ready again, if the job's status is one of `statuses`."""
-    def transform(state, epoch):
-        if effective_status(state, selected_as) not in statuses:
+    def transform(state, epoch, derived):
+        if effective_status(state, derived) not in statuses:
             return None
         book = state["dbdict"]
         book.update(status="ready", error=None, returned=None)
@@ -68,9 +94,9 @@ def requeue_transform(statuses, selected_as, priority=None):
     return transform
 
 
-def cancel_transform(selected_as):
-    def transform(state, epoch):
-        if effective_status(state, selected_as) not in CANCELABLE:
+def cancel_transform():
+    def transform(state, epoch, derived):
+        if effective_status(state, derived) not in CANCELABLE:
             return None
         state["dbdict"].update(status="canceled")
         state["dbdict"].pop("pgid", None)
@@ -99,6 +125,7 @@ def _mark_gone_cluster_jobs(rows):
     for row in rows:
         if row["dbdict.path"] in gone:
             row["dbdict.status"] = "stale"
+            row["_slurm_gone"] = True  # change_job asks squeue again, for the claim it sees
 
 
 def _change_many(args, transform_for, purpose, past):
@@ -115,7 +142,7 @@ def _change_many(args, transform_for, purpose, past):
             changed += 1
             continue
         try:
-            if change_job(path, transform, purpose):
+            if change_job(path, transform, purpose, ask_slurm=bool(row.get("_slurm_gone"))):
                 print(f"{past}: {path} (was {selected_as})")
                 changed += 1
         except DbdictError as exc:
@@ -136,16 +163,14 @@ def cmd_requeue(args):
         raise UsageError(f"requeue --status {forced[0]}: add --force to requeue {forced[0]} jobs")
 
     def transform_for(selected_as):
-        if selected_as not in statuses:
-            return None
-        return requeue_transform(statuses, selected_as, args.priority)
+        return requeue_transform(statuses, args.priority) if selected_as in statuses else None
 
     return _change_many(args, transform_for, "requeue", "requeued")
 
 
 def cmd_cancel(args):
     def transform_for(selected_as):
-        return cancel_transform(selected_as) if selected_as in CANCELABLE else None
+        return cancel_transform() if selected_as in CANCELABLE else None
 
     return _change_many(args, transform_for, "cancel", "canceled")
 

@@ -7,7 +7,6 @@ expire by observation only (never by comparing clocks), except for the same-host
 fast path; no experiment outlives its worker.
 """
 
-import importlib.util
 import json
 import multiprocessing
 import os
@@ -484,26 +483,14 @@ def test_same_machine_fast_path_needs_a_dead_pid(tree):
 
 # ---------------------------------------------------------------- 7. cancel while running
 
-def _cancel_command_available():
-    return (importlib.util.find_spec("dbdict_fs.ops") is not None
-            and importlib.util.find_spec("dbdict_fs.query") is not None)
-
-
 def test_cancel_stops_a_running_job_at_the_next_heartbeat(tree, hosts):
-    if importlib.util.find_spec("dbdict_fs.ops") is None:
-        pytest.skip("no `dbdict cancel` yet (dbdict_fs.ops)")
     lease, beat = 10.0, 0.5
     job = make_jobs(tree, [{"steps": 400, "step_time": 0.05}], "resumable")[0]
     a = hosts.add(["work", tree, "--lease", lease, "--heartbeat", beat, "--save-every", 0.3], name="A")
     wait_for(lambda: "progress" in latest(job)[1], 60, what="a saved checkpoint")
     a_child = child_pid_of(a.pid)
-    if _cancel_command_available():
-        proc = run_cli("cancel", tree)
-        assert proc.returncode == 0, proc.stderr
-    else:  # the command's selection (dbdict_fs.query) is not there yet: its mechanism is
-        from dbdict_fs import ops
-
-        assert ops.change_job(job, ops.cancel_transform("running"), "cancel")
+    proc = run_cli("cancel", tree)
+    assert proc.returncode == 0, proc.stderr
     t_cancel = time.monotonic()
     _, state = latest(job)
     saved = state["progress"]

@@ -172,3 +172,21 @@ def test_show_and_logs(tree):
     assert "to stderr" in run_cli("logs", job, "--stderr").stdout
     missing = run_cli("show", str(job) + "x")
     assert missing.returncode == 2 and "no such directory" in missing.stderr
+
+
+def test_requeue_stale_skips_a_job_claimed_since_selection(tree):
+    """A row selected as stale whose job a live worker claimed since must not be taken (a
+    command's claim would fence the live worker): the decision uses fresh reads."""
+    from dbdict_fs import ops
+
+    job = create_jobs(tree, [{"sleep": 30}], experiment("sleeper")).created[0]
+    worker = subprocess.Popen(CLI + ["run", job], env=dict(os.environ, **FAST))
+    try:
+        assert wait_for(lambda: read_state(job)["dbdict"]["status"] == "running")
+        # the caller believes the job is stale (an old index row): fresh reads say running
+        assert not ops.change_job(job, ops.requeue_transform(("stale",)), "requeue")
+        assert jd.list_job(job).claim_epoch == 1  # no claim was made, nobody was fenced
+        assert worker.poll() is None
+    finally:
+        worker.kill()
+        worker.wait()
