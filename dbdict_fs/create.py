@@ -70,6 +70,8 @@ def create_jobs(tree, generator, experiment, *, name=None, priority=DEFAULT_PRIO
                 check_key_names(config, defaults, where=f"config {rel}")
     result = CreateResult()
     existing_hashes = _hashes_in_tree(tree) if name and duplicates == "skip" else None
+    if name:
+        _check_names(tree, jobs, existing_hashes)
     for done, (rel, config, digest) in enumerate(jobs):
         if progress is not None:
             progress(done, len(jobs))
@@ -86,6 +88,31 @@ def create_jobs(tree, generator, experiment, *, name=None, priority=DEFAULT_PRIO
         else:
             result.skipped.append(path)
     return result
+
+
+def _check_names(tree, jobs, existing_hashes):
+    """Before anything is written: a named job may not land on another job's directory,
+    nor inside another job (planned or existing)."""
+    planned = {rel for rel, _, _ in jobs}
+    for rel, _, digest in jobs:
+        if existing_hashes is not None and digest in existing_hashes:
+            continue  # a duplicate: skipped, wherever it is
+        target = os.path.join(tree, rel)
+        if os.path.exists(os.path.join(target, jd.CONFIG)):
+            try:
+                other = jd.read_config(target)["dbdict"].get("hash")
+            except DbdictError:
+                other = None
+            if other != digest:
+                raise UsageError(f"{target} already holds a different job: add a key to --name "
+                                 f"(nothing was written)")
+        parts = rel.split(os.sep)
+        for i in range(1, len(parts)):
+            above = os.sep.join(parts[:i])
+            if above in planned:
+                raise UsageError(f"{target} would be inside the job {os.path.join(tree, above)} "
+                                 f"(nothing was written)")
+        _check_no_job_above(tree, rel)
 
 
 def _plan(tree, generator, experiment, template, duplicates):

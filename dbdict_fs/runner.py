@@ -648,10 +648,11 @@ def work(tree, *, max_jobs=None, wait=False, poll=None, select_rows=None, on_out
     observer = booking.Observer(identity)
     counts = {}
     ran = 0
+    damaged = {}  # path -> reason: jobs check_job refused (the index reads only the state)
     with StopSignals() as signals:
         backoff = poll / 4
         while not signals.stop and (max_jobs is None or ran < max_jobs):
-            candidates = scan(tree, select_rows)
+            candidates = [c for c in scan(tree, select_rows) if c[0] not in damaged]
             random.shuffle(candidates)  # ties in priority go to different workers
             candidates.sort(key=lambda c: -(c[2] if isinstance(c[2], (int, float)) else 0.0))
             progressed = False
@@ -660,6 +661,11 @@ def work(tree, *, max_jobs=None, wait=False, poll=None, select_rows=None, on_out
                     break
                 try:
                     check_job(path)
+                except (CorruptJob, JobNotFound) as exc:
+                    damaged[path] = str(exc)  # said once; never waited for (see --wait)
+                    _warn(opts, f"skipping a damaged job: {exc}")
+                    continue
+                try:
                     held = booking.claim(path, identity=identity, observer=observer, lease=opts.lease,
                                          heartbeat=opts.heartbeat, wait=True)
                 except (NotRunnable, CorruptJob, JobNotFound):

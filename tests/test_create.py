@@ -253,3 +253,12 @@ def test_class_defaults_check_keys_and_print(tree):
     assert yaml.safe_load(config.stdout) == {"n": 5, "opt": {"lr": 0.1}}
     # function experiments are never imported at creation and accept any key
     assert run_cli("create", tree, "-e", experiment("double"), "anything=1").returncode == 0
+
+
+def test_named_job_clashing_with_another_config_is_refused(tree):
+    create_jobs(tree, [{"lr": 0.1, "seed": 1}], experiment("double"), name="lr{lr}")
+    with pytest.raises(UsageError, match="already holds a different job"):
+        create_jobs(tree, [{"lr": 0.1, "seed": 2}], experiment("double"), name="lr{lr}")
+    with pytest.raises(UsageError, match="inside the job.*nothing was written"):
+        create_jobs(tree, [{"p": "c"}, {"p": "c/d"}], experiment("double"), name="{p}")
+    assert len(jobdirs(tree)) == 1

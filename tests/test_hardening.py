@@ -571,3 +571,14 @@ def test_experiment_cannot_forge_bookkeeping(tree, tmp_path):
     state = read_state(job)
     assert state["dbdict"]["status"] == "done" and state["dbdict"]["epoch"] == 1
     assert state["result"] == 1
+
+
+def test_work_wait_does_not_wait_for_a_job_it_refuses(two_jobs):
+    """A job whose config.yaml is broken looks ready to the index (one file per job); a
+    --wait worker must say so once and finish, not poll for it for ever."""
+    tree, bad, good = two_jobs
+    write(os.path.join(bad, jd.CONFIG), "- not\n- a mapping\n")
+    proc = run_cli("work", tree, "--wait", "--lease", "5", "--heartbeat", "1", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("skipping a damaged job") == 1 and bad in proc.stderr
+    assert read_state(good)["dbdict"]["status"] == "done"
