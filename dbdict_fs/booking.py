@@ -23,7 +23,7 @@ import socket
 import time
 
 from . import jobdir as jd
-from .errors import Fenced, NotRunnable, UsageError, WriteError
+from .errors import Fenced, JobNotFound, NotRunnable, UsageError, WriteError
 
 DEFAULT_LEASE = 600.0
 DEFAULT_HEARTBEAT = 30.0
@@ -232,7 +232,7 @@ class Observer:
 
     def __init__(self, identity=None):
         self.identity = identity or Identity.current()
-        self._seen = {}  # (jobdir, epoch) -> (signature, first boottime seen with it)
+        self._seen = {}  # jobdir -> (epoch, signature, first boottime seen with it)
 
     def holder_gone(self, jobdir, epoch, token, state=None):
         """Same-host fast path: the holder's pid is gone (or reused) and so is its experiment."""
@@ -258,19 +258,17 @@ class Observer:
         except FileNotFoundError:
             return False
         now = boottime()
-        key = (jobdir, epoch)
-        seen = self._seen.get(key)
-        if seen is None or seen[0] != sig:
-            self._seen[key] = (sig, now)
+        seen = self._seen.get(jobdir)
+        if seen is None or seen[:2] != (epoch, sig):
+            self._seen[jobdir] = (epoch, sig, now)
             return False
         lease = token.get("lease", DEFAULT_LEASE) if token else DEFAULT_LEASE
         if isinstance(lease, bool) or not isinstance(lease, (int, float)) or lease <= 0:
             lease = DEFAULT_LEASE
-        return now - seen[1] >= lease
+        return now - seen[2] >= lease
 
     def forget(self, jobdir):
-        for key in [k for k in self._seen if k[0] == jobdir]:
-            del self._seen[key]
+        self._seen.pop(jobdir, None)
 
 
 def _read_token(jobdir, epoch):
@@ -339,7 +337,8 @@ class Claim:
 
     def check(self):
         """Look now for a newer claim (one listing). True while this holder holds the job."""
-        self._check_newer()
+        if self.fenced() is None:  # the heartbeat age first: it is the reason that came first
+            self._check_newer()
         return self.fenced() is None
 
     def beat(self):
@@ -390,9 +389,13 @@ class Claim:
         """List the job directory; a claim newer than ours means we lost the job."""
         try:
             listing = jd.list_job(self.jobdir)
-        except Exception:  # noqa: BLE001 - a vanished job directory means the claim is lost
+        except JobNotFound:
             self.lost = self.lost or "the job directory disappeared"
             return None
+        except OSError as exc:
+            if exc.errno == errno.ESTALE:
+                self.lost = self.lost or "the job directory disappeared (ESTALE)"
+            return None  # a passing I/O error: the heartbeat age decides (fencing at L/2)
         top = listing.claim_epoch
         if top > self.epoch and self.lost is None:
             token = _read_token(self.jobdir, top)

@@ -71,6 +71,8 @@ class Options:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not value >= 0 or value == float("inf")):
                 raise UsageError(f"--{name.replace('_', '-')} must be a number of seconds >= 0, not {value!r}")
+        if self.save_every is not None and not self.save_every > 0:
+            raise UsageError(f"--save-every must be a number of seconds > 0, not {self.save_every!r}")
         for name in ("max_attempts", "max_resumes"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -154,8 +156,8 @@ class StopSignals:
 
     @property
     def hard(self):
-        """A second SIGTERM/SIGINT: kill the experiment now."""
-        return len(self.received) >= 2 and self.received[-1] in HARD_SIGNALS
+        """Two SIGTERM/SIGINT (in any order with others): kill the experiment now."""
+        return sum(sig in HARD_SIGNALS for sig in self.received) >= 2
 
 
 # ---------------------------------------------------------------- the child process
@@ -450,7 +452,7 @@ class _Attempt:
             self.stop_deadline = booking.boottime() + self.opts.grace
             self.child.send({"op": "signal", "value": "stop"})
         if self.signals.hard and self.kill_reason is None:
-            self.stop_deadline = booking.boottime()  # a second SIGTERM/SIGINT: stop now
+            self._kill("killed at once: a second SIGTERM/SIGINT")
 
     def _on_message(self, msg):
         op = msg.get("op")
