@@ -52,12 +52,19 @@ def change_job(jobdir, transform, purpose, ask_slurm=False):
     change cost no claim, and a live holder is not fenced by mistake), and again on the
     state read after winning (the compare-and-swap). True when a new state was written.
     """
-    listing, state = jd.read_latest_state(jobdir)
-    status = fresh_status(jobdir, listing, state, ask_slurm)
-    if transform(copy.deepcopy(state), None, status) is None:
-        return False
-    held = booking.claim(jobdir, force=True, purpose=purpose, wait=False,
-                         lease=booking.DEFAULT_LEASE, heartbeat=booking.DEFAULT_HEARTBEAT)
+    for attempt in range(5):
+        listing, state = jd.read_latest_state(jobdir)
+        status = fresh_status(jobdir, listing, state, ask_slurm)
+        if transform(copy.deepcopy(state), None, status) is None:
+            return False
+        try:
+            held = booking.claim(jobdir, force=True, purpose=purpose, wait=False,
+                                 lease=booking.DEFAULT_LEASE, heartbeat=booking.DEFAULT_HEARTBEAT)
+            break
+        except NotRunnable:  # a worker or another command claimed it meanwhile: look again
+            if attempt == 4:
+                raise
+            time.sleep(0.05 * (attempt + 1))
     unchanged = (held.state["dbdict"]["epoch"] == state["dbdict"]["epoch"]
                  and held.state["dbdict"]["status"] == state["dbdict"]["status"])
     new = transform(copy.deepcopy(held.state), held.epoch, status if unchanged else None)
