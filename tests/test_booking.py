@@ -311,12 +311,11 @@ def _racer(jobdir, rounds, barrier, results):
         results.put((epoch, os.getpid(), booking.link_claim(jobdir, epoch, token)))
 
 
-def test_link_claim_race_between_processes_has_one_winner(tree):
-    job = make_jobs(tree, [{"i": 0, "log": "/dev/null"}])[0]
-    n, rounds = 12, 25
+def race(target, job, n, rounds):
+    """Run `target(job, rounds, barrier, results)` in n forked processes; (pids, results)."""
     ctx = multiprocessing.get_context("fork")
     barrier, results = ctx.Barrier(n), ctx.Queue()
-    racers = [ctx.Process(target=_racer, args=(job, rounds, barrier, results)) for _ in range(n)]
+    racers = [ctx.Process(target=target, args=(job, rounds, barrier, results)) for _ in range(n)]
     for p in racers:
         p.start()
     try:
@@ -326,7 +325,13 @@ def test_link_claim_race_between_processes_has_one_winner(tree):
             p.join(30)
             if p.is_alive():
                 p.kill()
-    pids = {p.pid for p in racers}
+    return {p.pid for p in racers}, got
+
+
+def test_link_claim_race_between_processes_has_one_winner(tree):
+    job = make_jobs(tree, [{"i": 0, "log": "/dev/null"}])[0]
+    rounds = 25
+    pids, got = race(_racer, job, 12, rounds)
     for epoch in range(1, rounds + 1):
         winners = [pid for e, pid, won in got if e == epoch and won]
         assert len(winners) == 1, (epoch, winners)
@@ -355,19 +360,8 @@ def _claimer(jobdir, rounds, barrier, results):
 
 def test_claim_is_compare_and_swap_between_processes(tree):
     job = make_jobs(tree, [{"i": 0, "log": "/dev/null"}])[0]
-    n, rounds = 8, 15
-    ctx = multiprocessing.get_context("fork")
-    barrier, results = ctx.Barrier(n), ctx.Queue()
-    racers = [ctx.Process(target=_claimer, args=(job, rounds, barrier, results)) for _ in range(n)]
-    for p in racers:
-        p.start()
-    try:
-        got = [results.get(timeout=60) for _ in range(n * rounds)]
-    finally:
-        for p in racers:
-            p.join(30)
-            if p.is_alive():
-                p.kill()
+    rounds = 15
+    _, got = race(_claimer, job, 8, rounds)
     won = sorted(e for _, e in got if e is not None)
     assert won == list(range(1, rounds + 1)), won  # one winner a round, epochs without gaps
     listing, state = latest(job)
