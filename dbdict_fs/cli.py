@@ -371,6 +371,7 @@ examples:
                        help="table for people, json for scripts (default table)")
         p.add_argument("--watch", type=_seconds, nargs="?", const=2.0, metavar="S",
                        help="refresh every S seconds (default 2) until Ctrl-C")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     p = add("requeue", cmd_requeue, "make failed, canceled or stale jobs ready again", f"""
 Make jobs ready again, safely while workers run (each change is a claim, DESIGN.md 4).
@@ -389,6 +390,7 @@ examples:
         p.add_argument("--priority", type=_number, help="the new priority")
         p.add_argument("--force", action="store_true", help="allow requeuing done and running jobs")
         p.add_argument("--dry-run", action="store_true", help="list what would change")
+        p.add_argument("-q", "--quiet", action="store_true", help="print only the summary line")
 
     p = add("cancel", cmd_cancel, "cancel ready, running and stale jobs", f"""
 Mark jobs canceled. A running job's worker stops it at its next heartbeat; its last saved
@@ -401,6 +403,7 @@ example:
         p.add_argument("tree", metavar="TREE")
         _add_filters(p)
         p.add_argument("--dry-run", action="store_true", help="list what would change")
+        p.add_argument("-q", "--quiet", action="store_true", help="print only the summary line")
 
     p = add("show", cmd_show, "show a job's config, state and attempt history", f"""
 example:

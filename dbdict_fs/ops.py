@@ -114,7 +114,7 @@ def cancel_transform():
 def _select(tree, args):
     from . import query
 
-    rows = query.select(tree, args, progress=True)
+    rows = query.select(tree, args, progress=not getattr(args, "quiet", False))
     _mark_gone_cluster_jobs(rows)
     return rows
 
@@ -150,7 +150,8 @@ def _change_many(args, transform_for, purpose, past):
             continue
         try:
             if change_job(path, transform, purpose, ask_slurm=bool(row.get("_slurm_gone"))):
-                print(f"{past}: {path} (was {selected_as})")
+                if not args.quiet:
+                    print(f"{past}: {path} (was {selected_as})")
                 changed += 1
         except DbdictError as exc:
             print(f"Error: {exc}", file=sys.stderr)

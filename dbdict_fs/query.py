@@ -71,6 +71,7 @@ def add_arguments(parser):
     output.add_output_arguments(parser)
     parser.add_argument("--no-cache", action="store_true",
                         help="read every job's files (skip the index cache in ~/.cache/dbdict_fs)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no warnings on stderr")
 
 
 def _options(args, overrides):
@@ -99,7 +100,7 @@ def run(args):
     fmt = args.format
     if args.sql and (opts["filters"] or args.where or args.sort):
         raise UsageError("--sql cannot be combined with key=value filters, --where or --sort")
-    show_progress = fmt == "table" or sys.stdout.isatty()
+    show_progress = (fmt == "table" or sys.stdout.isatty()) and not args.quiet
     index = build_index(args.tree, cache=not args.no_cache, progress=show_progress)
     if args.sql:
         rows, columns = run_sql(index, args.sql, args.limit)
@@ -119,7 +120,7 @@ def run(args):
     output.print_rows(rows, columns, fmt)
     if fmt == "table":
         corrupt = index.conn.execute('SELECT count(*) FROM jobs WHERE "dbdict.status" = ?', ("corrupt",)).fetchone()[0]
-        if corrupt:
+        if corrupt and not args.quiet:
             print(f"warning: {corrupt} corrupt job{'s' if corrupt != 1 else ''} in {args.tree} "
                   f"(list them: dbdict query {args.tree} status=corrupt --columns path,error)", file=sys.stderr)
     return 0
