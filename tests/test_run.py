@@ -239,3 +239,13 @@ def test_a_fifo_as_stdout_fails_the_job_instead_of_hanging(tree):
     assert read_state(job)["dbdict"]["status"] == "failed"
     logs = run_cli("logs", job, timeout=20)
     assert logs.returncode == 2 and "not a regular file" in logs.stderr
+
+
+@pytest.mark.parametrize("name", ["dbdict", "dbdict-run-job", "dbdict-query"])
+def test_bin_wrappers_work_from_a_checkout(name):
+    import subprocess
+    import sys
+
+    path = os.path.join(os.path.dirname(__file__), "..", "bin", name)
+    proc = subprocess.run([sys.executable, path, "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr
