@@ -12,6 +12,9 @@ from dbdict_fs import jobdir as jd
 from dbdict_fs.errors import UsageError
 from dbdict_fs.index import build_index, cache_path
 
+needs_serialize = pytest.mark.skipif(not hasattr(sqlite3.Connection, "serialize"),
+                                     reason="the index cache needs sqlite3 serialize (Python 3.11+)")
+
 
 @pytest.fixture(autouse=True)
 def cache_dir(tmp_path, monkeypatch):
@@ -203,6 +206,7 @@ def snapshot(index):
     return index.columns, index.sql("SELECT * FROM jobs ORDER BY rowid")
 
 
+@needs_serialize
 def test_cache_lives_outside_the_tree_and_matches_a_cold_build(tmp_path, cache_dir):
     tree = tmp_path / "tree"
     for i in range(20):
@@ -218,6 +222,7 @@ def test_cache_lives_outside_the_tree_and_matches_a_cold_build(tmp_path, cache_d
     assert sorted(os.path.join(d, f) for d, _, fs in os.walk(tree) for f in fs) == before
 
 
+@needs_serialize
 def test_cache_skips_unchanged_jobs_and_sees_every_change(tmp_path):
     tree = tmp_path / "tree"
     jobs = [make_job(tree, {"i": i}, status="done", epoch=1, claims=[TOKEN], results={"v": i}) for i in range(6)]
@@ -283,6 +288,7 @@ def test_fresh_entries_are_not_trusted_within_a_timestamp_tick(tmp_path):
     assert index.stats["read"] == 1 and index.sql("SELECT v FROM jobs") == [{"v": 2}]
 
 
+@needs_serialize
 def test_a_broken_cache_file_is_ignored(tmp_path):
     tree = tmp_path / "tree"
     make_job(tree, {"i": 1})
