@@ -150,9 +150,29 @@ def parse_text(text, path):
     return data
 
 
+def _yaml_nesting(text):
+    """An upper bound on how deeply a YAML text nests (flow brackets, or block indentation
+    and `- ` prefixes), found without parsing it."""
+    depth = deepest = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    for line in text.splitlines():
+        lead = len(line) - len(line.lstrip(" -"))
+        deepest = max(deepest, lead // 2)
+    return deepest
+
+
 def _parse_yaml(text, path):
     import yaml  # imported lazily: only files a person edited are YAML
 
+    # libyaml's composer recurses in C: a deep enough text overflows the C stack (a
+    # segfault seen with Python 3.9's PyYAML), so depth is checked before parsing.
+    if _yaml_nesting(text) > MAX_DEPTH:
+        raise CorruptJob(path, f"nested deeper than {MAX_DEPTH} levels")
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
         return yaml.load(text, Loader=loader)
