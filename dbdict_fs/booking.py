@@ -83,7 +83,7 @@ class Identity:
         return bool(self.boot_id) and token.get("boot_id") == self.boot_id and token.get("pidns") == self.pidns
 
 
-def _stat_fields(pid):
+def proc_stat_fields(pid):
     """The fields of /proc/<pid>/stat after the command name (state first), or None."""
     try:
         with open(f"/proc/{int(pid)}/stat", "rb") as f:
@@ -98,7 +98,7 @@ def _stat_fields(pid):
 
 def process_start_ticks(pid):
     """Field 22 of /proc/<pid>/stat: tells a pid from a later process that reused it."""
-    fields = _stat_fields(pid)
+    fields = proc_stat_fields(pid)
     try:
         return int(fields[19]) if fields else None
     except (ValueError, IndexError):
@@ -110,7 +110,7 @@ def _alive(pid, start_ticks):
     behind) is dead: it can neither heartbeat nor write."""
     if not isinstance(pid, int) or pid <= 0:
         return False
-    fields = _stat_fields(pid)
+    fields = proc_stat_fields(pid)
     if not fields or fields[0] in (b"Z", b"X"):
         return False
     ticks = process_start_ticks(pid)
@@ -129,7 +129,7 @@ def _group_alive(pgid):
     except PermissionError:
         return True
     for name in os.listdir("/proc"):
-        fields = _stat_fields(name) if name.isdigit() else None
+        fields = proc_stat_fields(name) if name.isdigit() else None
         if fields and len(fields) > 2 and fields[2] == str(pgid).encode() and fields[0] not in (b"Z", b"X"):
             return True
     return False

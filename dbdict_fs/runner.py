@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields
 
 from . import booking
 from . import jobdir as jd
-from .errors import CorruptJob, DbdictError, Fenced, JobNotFound, NotRunnable, UsageError, WriteError
+from .errors import CorruptJob, Fenced, JobNotFound, NotRunnable, UsageError, WriteError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_NOT_RUNNABLE = 0, 1, 2, 3, 4
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -44,6 +45,28 @@ def run_cli(*args, cwd=None, env=None, timeout=120, prog="dbdict", input=None):
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout, input=input)
+
+
+def wait_for(predicate, timeout=30, interval=0.05):
+    """Poll `predicate()` until true (True) or `timeout` s pass (False); a read that fails
+    while a file is being replaced just counts as not yet."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if predicate():
+                return True
+        except Exception:  # noqa: BLE001
+            pass
+        time.sleep(interval)
+    return False
+
+
+def pid_gone(pid):
+    """True when the process no longer runs (no such pid, or a zombie nobody reaped yet)."""
+    from dbdict_fs.booking import proc_stat_fields
+
+    fields = proc_stat_fields(pid)
+    return not fields or fields[0] in (b"Z", b"X")
 
 
 def read_state(jobdir):

@@ -27,6 +27,9 @@ import subprocess
 import sys
 import time
 
+from conftest import pid_gone  # noqa: F401 - re-exported for the booking tests
+from dbdict_fs.booking import proc_stat_fields
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 _PR_SET_PDEATHSIG = 1
@@ -52,26 +55,13 @@ def wait_for(condition, timeout, interval=0.02, what="condition", detail=None):
 
 def proc_state(pid):
     """The state letter of /proc/<pid>/stat (R, S, T, Z, ...), or None if there is no such pid."""
-    try:
-        with open(f"/proc/{int(pid)}/stat", "rb") as f:
-            data = f.read()
-    except (OSError, ValueError):
-        return None
-    return data[data.rindex(b")") + 2:].split()[0].decode()
+    fields = proc_stat_fields(pid)
+    return fields[0].decode() if fields else None
 
 
 def proc_ppid(pid):
-    try:
-        with open(f"/proc/{int(pid)}/stat", "rb") as f:
-            data = f.read()
-    except (OSError, ValueError):
-        return None
-    return int(data[data.rindex(b")") + 2:].split()[1])
-
-
-def pid_gone(pid):
-    """True when the process no longer runs (no such pid, or a zombie nobody reaped yet)."""
-    return proc_state(pid) in (None, "Z", "X")
+    fields = proc_stat_fields(pid)
+    return int(fields[1]) if fields else None
 
 
 def experiment_processes(tree):

@@ -7,7 +7,6 @@ expire by observation only (never by comparing clocks), except for the same-host
 fast path; no experiment outlives its worker.
 """
 
-import json
 import multiprocessing
 import os
 import signal
@@ -22,7 +21,7 @@ from dbdict_fs.errors import Fenced, NotRunnable
 
 import procs
 from conftest import experiment, run_cli
-from procs import check_job_files, claim_epochs, pid_gone, read_log, wait_for
+from procs import claim_epochs, pid_gone, read_log, wait_for
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ import pytest
 import yaml
 
 from dbdict_fs import create_jobs
-from dbdict_fs import jobdir as jd
-from dbdict_fs.errors import DbdictError, ExperimentError, UsageError
+from dbdict_fs.errors import ExperimentError, UsageError
 from dbdict_fs.values import config_hash, parse_grid
 
 from conftest import EXPERIMENTS, experiment, jobdirs, read_state, run_cli

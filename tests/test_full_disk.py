@@ -8,7 +8,6 @@ import errno
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 

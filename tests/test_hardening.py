@@ -16,7 +16,6 @@ import json
 import os
 import stat
 import subprocess
-import sys
 
 import pytest
 

@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,22 +11,10 @@ import pytest
 from dbdict_fs import create_jobs
 from dbdict_fs import jobdir as jd
 
-from conftest import experiment, read_state, run_cli
+from conftest import experiment, read_state, run_cli, wait_for
 
 CLI = [sys.executable, "-c", "import sys; from dbdict_fs.cli import main; sys.exit(main())"]
 FAST = {"DBDICT_LEASE": "2", "DBDICT_HEARTBEAT": "0.2"}
-
-
-def wait_for(predicate, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if predicate():
-                return True
-        except Exception:  # noqa: BLE001 - a state being replaced is read again
-            pass
-        time.sleep(0.05)
-    return False
 
 
 def status_json(tree, *filters):

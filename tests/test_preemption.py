@@ -10,24 +10,14 @@ import time
 import pytest
 
 from dbdict_fs import create_jobs
-from dbdict_fs import jobdir as jd
 
-from conftest import experiment, read_state, run_cli
+from conftest import experiment, pid_gone, read_state, run_cli, wait_for
 
 CLI = [sys.executable, "-c", "import sys; from dbdict_fs.cli import main; sys.exit(main())"]
 
 
 def make_job(tree, name, **config):
     return create_jobs(tree, [config], experiment(name)).created[0]
-
-
-def wait_for(predicate, timeout=30, interval=0.05):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
 
 
 def status(job):
@@ -177,15 +167,7 @@ def test_no_orphan_after_kill_9(tree):
     worker.kill()
     worker.wait()
 
-    def gone():
-        try:
-            os.kill(child, 0)
-        except ProcessLookupError:
-            return True
-        with open(f"/proc/{child}/stat") as f:
-            return f.read().split(") ")[1].startswith("Z")
-
-    assert wait_for(gone, timeout=10), "the experiment outlived its kill -9ed worker"
+    assert wait_for(lambda: pid_gone(child), timeout=10), "the experiment outlived its kill -9ed worker"
 
 
 def test_holder_sweeps_transient_files_left_by_dead_processes(tree):
@@ -211,14 +193,6 @@ def test_holder_sweeps_transient_files_left_by_dead_processes(tree):
     assert read_state(job)["result"] == 80
 
 
-def _gone(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(") ", 1)[1].startswith(("Z", "X"))
-    except FileNotFoundError:
-        return True
-
-
 def test_experiment_death_noticed_while_its_fork_holds_the_pipe(tree):
     """The experiment dies without a result while a process it forked keeps the result pipe
     open: the worker must still notice (by polling), requeue, and stop heartbeating."""
@@ -238,10 +212,10 @@ def test_helpers_of_the_experiment_die_with_a_kill_9ed_worker(tree):
     try:
         assert wait_for(lambda: os.path.exists(pidfile) and open(pidfile).read().strip())
         helper = int(open(pidfile).read())
-        assert not _gone(helper)
+        assert not pid_gone(helper)
         worker.kill()
         worker.wait()
-        assert wait_for(lambda: _gone(helper), timeout=10), "the experiment's helper outlived its worker"
+        assert wait_for(lambda: pid_gone(helper), timeout=10), "the experiment's helper outlived its worker"
         # and the same-host fast path takes the job at once (no live process group left)
         proc = run_cli("run", job, "--max-runtime", "1")
         assert proc.returncode == 3 and "max-runtime" in read_state(job)["dbdict"]["error"]

@@ -10,10 +10,9 @@ import time
 import pytest
 
 from dbdict_fs import create_jobs, run_job
-from dbdict_fs import jobdir as jd
 from dbdict_fs.errors import NotRunnable
 
-from conftest import experiment, read_state, run_cli
+from conftest import experiment, read_state, run_cli, wait_for
 
 
 def make_job(tree, name, **config):
@@ -104,20 +103,11 @@ def test_python_api(tree):
         run_job(job)
 
 
-def _wait_for(predicate, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_sigterm_stops_and_requeues_then_resumes(tree):
     job = make_job(tree, "resumable", steps=60, step_time=0.05)
     code = "import sys; from dbdict_fs.cli import main_run_job; sys.exit(main_run_job())"
     proc = subprocess.Popen([sys.executable, "-c", code, "run", job])
-    assert _wait_for(lambda: os.path.exists(os.path.join(job, "workdir", "ckpt")))
+    assert wait_for(lambda: os.path.exists(os.path.join(job, "workdir", "ckpt")))
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 3
     state = read_state(job)
@@ -131,7 +121,7 @@ def test_stop_ignored_is_killed_after_grace(tree):
     job = make_job(tree, "ignores_stop", sleep=60)
     code = "import sys; from dbdict_fs.cli import main; sys.exit(main())"
     proc = subprocess.Popen([sys.executable, "-c", code, "run", job, "--grace", "1"])
-    assert _wait_for(lambda: read_state(job)["dbdict"]["status"] == "running")
+    assert wait_for(lambda: read_state(job)["dbdict"]["status"] == "running")
     time.sleep(0.3)
     started = time.time()
     proc.send_signal(signal.SIGTERM)

@@ -19,7 +19,7 @@ import pytest
 from dbdict_fs import create_jobs
 from dbdict_fs import slurm
 
-from conftest import experiment, jobdirs, read_state, run_cli
+from conftest import experiment, read_state, run_cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 START = os.path.join(HERE, "slurm", "start-local-cluster.sh")
