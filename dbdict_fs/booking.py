@@ -324,14 +324,14 @@ class Claim:
         self.taken_by = None
         self._transients = {}  # name -> (signature, boottime first seen with it)
         self.heartbeat = token.get("heartbeat", DEFAULT_HEARTBEAT)
-        self._next_beat = linked_at + self.heartbeat
+        self.next_beat = linked_at + self.heartbeat  # the one heartbeat schedule of this claim
 
     def keep_alive(self):
-        """For long steps of the worker itself (scratch copies): heartbeat when one is due.
-        True while this holder still holds the job."""
+        """Heartbeat when one is due (the worker's loop and its long steps, such as scratch
+        copies, all call this). True while this holder still holds the job."""
         now = boottime()
-        if now >= self._next_beat:
-            self._next_beat = now + self.heartbeat
+        if now >= self.next_beat:
+            self.next_beat = now + self.heartbeat
             self.beat()
         return self.fenced() is None
 

@@ -393,7 +393,6 @@ class _Attempt:
         self.state, self.scratch = state, scratch
         now = booking.boottime()
         self.started = now
-        self.next_beat = now + opts.heartbeat
         self.stop_deadline = None
         self.kill_reason = None
         self.finish_up_at = now + opts.finish_up_after if opts.finish_up_after is not None else None
@@ -403,7 +402,7 @@ class _Attempt:
 
     def _deadlines(self):
         poll = booking.boottime() + 1.0  # look at the experiment's process at least every second
-        return [t for t in (self.next_beat, self.stop_deadline, self.finish_up_at, self.next_save,
+        return [t for t in (self.held.next_beat, self.stop_deadline, self.finish_up_at, self.next_save,
                             self.runtime_end, poll) if t is not None]
 
     def loop(self):
@@ -426,12 +425,9 @@ class _Attempt:
                     return self._lost()  # e.g. a save found a newer claim: stop at once
                 if self.final is not None or self.child.eof or self.child.exited():
                     return self._finish()
+            if self._heartbeat():
+                return self._lost()
             now = booking.boottime()
-            if now >= self.next_beat:
-                self.next_beat = now + self.opts.heartbeat
-                if self.held.beat():
-                    return self._lost()
-                self.child.send({"op": "ping"})
             if self.finish_up_at is not None and now >= self.finish_up_at:
                 self.finish_up_at = None
                 self.child.send({"op": "signal", "value": "finish-up"})
@@ -498,6 +494,16 @@ class _Attempt:
                        f"{self.held.jobdir}: stopped, this worker no longer holds the job: {reason}",
                        self.held.epoch)
 
+    def _heartbeat(self):
+        """Beat when due (the claim keeps the schedule) and ping the child after each beat,
+        so it knows its worker lives. True once this worker no longer holds the job."""
+        due = booking.boottime() >= self.held.next_beat
+        if not self.held.keep_alive():
+            return True
+        if due:
+            self.child.send({"op": "ping"})
+        return False
+
     def _wait_child(self, timeout):
         """Wait for the experiment's process to exit, heartbeating (and pinging it) meanwhile:
         a process slow to exit after sending its result must not cost the claim."""
@@ -505,17 +511,14 @@ class _Attempt:
         while True:
             now = booking.boottime()
             try:
-                return self.child.proc.wait(max(0.0, min(self.next_beat, deadline) - now))
+                return self.child.proc.wait(max(0.0, min(self.held.next_beat, deadline) - now))
             except subprocess.TimeoutExpired:
                 pass
             now = booking.boottime()
             if now >= deadline:
                 return self.child.wait(0)  # kills its process group, then reaps it
-            if now >= self.next_beat:
-                self.next_beat = now + self.opts.heartbeat
-                if self.held.beat():
-                    return _LOST
-                self.child.send({"op": "ping"})
+            if self._heartbeat():
+                return _LOST
 
     def _finish(self):
         """The experiment ended (returned, raised, crashed or was killed): commit the end."""

@@ -117,19 +117,19 @@ class _Parser:
         return self.take()
 
     # -- grammar
-    def parse_or(self):
-        parts = [self.parse_and()]
-        while self.is_("keyword", "or"):
+    def _chain(self, keyword, operand):
+        """operand (keyword operand)*, as one parenthesised SQL expression."""
+        parts = [operand()]
+        while self.is_("keyword", keyword):
             self.take()
-            parts.append(self.parse_and())
-        return parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")"
+            parts.append(operand())
+        return parts[0] if len(parts) == 1 else "(" + f" {keyword.upper()} ".join(parts) + ")"
+
+    def parse_or(self):
+        return self._chain("or", self.parse_and)
 
     def parse_and(self):
-        parts = [self.parse_not()]
-        while self.is_("keyword", "and"):
-            self.take()
-            parts.append(self.parse_not())
-        return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
+        return self._chain("and", self.parse_not)
 
     def parse_not(self):
         self.depth += 1
