@@ -25,3 +25,38 @@ positive_seconds = _bounded(float, "a number of seconds", 0, above=True)
 positive_int = _bounded(int, "a whole number", 1)
 nonneg_int = _bounded(int, "a whole number", 0)
 finite = _bounded(float, "a finite number")
+
+
+def did_you_mean(word, candidates):
+    """' (did you mean X?)' for the closest candidate to a mistyped word, or ''."""
+    import difflib
+
+    match = difflib.get_close_matches(word, [c for c in candidates if c], n=1, cutoff=0.6)
+    return f"; did you mean {match[0]}?" if match else ""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one UsageError line naming this (sub)command's --help,
+    with a did-you-mean for a mistyped option or subcommand."""
+
+    def error(self, message):
+        from .errors import UsageError
+
+        raise UsageError(f"{message}{self._hint(message)} (see {self.prog} --help)")
+
+    def _hint(self, message):
+        import re
+
+        m = re.search(r"invalid choice: '?([^' ]+)'?", message)
+        if m:
+            choices = [c for a in self._actions if a.choices for c in a.choices]
+            return did_you_mean(m.group(1), [str(c) for c in choices])
+        m = re.search(r"unrecognized arguments: (.*)", message)
+        if m:
+            options = [o for a in self._actions for o in a.option_strings]
+            for word in m.group(1).split():
+                if word.startswith("-"):
+                    hint = did_you_mean(word.split("=", 1)[0], options)
+                    if hint:
+                        return hint
+        return ""

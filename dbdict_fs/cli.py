@@ -9,19 +9,14 @@ import argparse
 import os
 import sys
 
+from .argtypes import Parser
 from .argtypes import finite as _number
 from .argtypes import positive_int as _positive_int
 from .argtypes import seconds as _seconds
-from .errors import DbdictError, UsageError
+from .errors import DbdictError, ExitCode, UsageError
 
-EXIT_USAGE = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line (and exit 2)."""
-
-    def error(self, message):
-        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+EXIT_USAGE = ExitCode.USAGE
+_Parser = Parser  # the old name
 
 
 def _help(text):
@@ -244,26 +239,36 @@ def _add_filters(p):
     p.set_defaults(_rest="filters")
 
 
-def build_parser(prog="dbdict", only=None):
-    parser = _Parser(prog=prog, **_help(f"""
+_TOP_EXAMPLES = {
+    "create": "{prog} create tree -e examples/train.py:main lr={{0.1,0.01}} seed={{1,2,3}}",
+    "run": "{prog} run tree/3f/3f2a91c0d4e5",
+    "work": "{prog} work tree",
+    "query": "{prog} query tree --sort valid_err",
+}
+
+
+def build_parser(prog="dbdict", only=None, commands=None):
+    """The parser of `prog`; `only` builds just those subcommands (start-up time), and
+    `commands` are the subcommands `prog` offers at all (its help shows only those)."""
+    offered = commands or COMMANDS
+    examples = "\n".join("  " + _TOP_EXAMPLES[c].format(prog=prog) for c in _TOP_EXAMPLES if c in offered)
+    parser = Parser(prog=prog, **_help(f"""
 Experiments on a shared filesystem: create jobs, book and run them from many workers,
 resume preempted ones, and query the results with SQL. No database server.
 
 example:
-  {prog} create tree -e examples/train.py:main lr={{0.1,0.01}} seed={{1,2,3}}
-  {prog} work tree
-  {prog} query tree --sort valid_err
+{examples}
 """))
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
     def add(name, func, help_text, description):
         if only is not None and name not in only:
             return None
         p = sub.add_parser(name, help=help_text, **_help(description))
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, _parser=p)
         return p
 
     p = add("create", cmd_create, "create job directories from a generator or a grid", f"""
@@ -459,6 +464,7 @@ def _collect_rest(parser, args, extra):
     """Positional lists (SOURCE, key=value) may be split by options: `create T -e X lr=1`."""
     rest = getattr(args, "_rest", None)
     bad = [a for a in extra if a.startswith("-") or rest is None]
+    parser = getattr(args, "_parser", None) or parser  # the subcommand's: its --help, its options
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     if extra:
@@ -467,41 +473,51 @@ def _collect_rest(parser, args, extra):
 
 def main(argv=None, prog="dbdict", only=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv or os.environ.get("DBDICT_DEBUG") == "1"
-    try:
+
+    def parse():
         # Build only the subcommand asked for: the whole parser costs ~10 ms of start-up.
         command = next((a for a in argv if not a.startswith("-")), None)
-        if command in COMMANDS and (only is None or command in only):
-            only = (command,)
-        parser = build_parser(prog, only)
+        build = (command,) if command in COMMANDS and (only is None or command in only) else only
+        parser = build_parser(prog, build, commands=only)
         args, extra = parser.parse_known_args(fix_negative_sort(argv))
         _collect_rest(parser, args, extra)
-        return args.func(args)
+        return args
+
+    return run_command(parse, argv)
+
+
+def run_command(parse, argv):
+    """Parse, run, and turn every error into one line on stderr and its ExitCode: the one
+    place where that happens (`--debug` or DBDICT_DEBUG=1 shows the traceback instead)."""
+    debug = "--debug" in argv or os.environ.get("DBDICT_DEBUG") == "1"
+    try:
+        args = parse()
+        return int(args.func(args))
     except DbdictError as exc:
         if debug:
             raise
         print(f"Error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return int(exc.exit_code)
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
     except BrokenPipeError:
         try:
             sys.stdout = open(os.devnull, "w")
         except OSError:
             pass
-        return 0
+        return ExitCode.OK
     except OSError as exc:
         if debug:
             raise
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         print(f"Error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except Exception as exc:  # noqa: BLE001 - a bug of ours: still one line, never a traceback
         if debug:
             raise
         print(f"Error: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
               file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
 
 
 def main_run_job(argv=None):
@@ -509,12 +525,41 @@ def main_run_job(argv=None):
     return main(argv, prog="dbdict-run-job", only=("run", "work"))
 
 
+QUERY_HELP = """
+Index every job of TREE (one row per job, one column per dotted key) and print rows
+(= `dbdict query`).
+
+examples:
+  {prog} tree status=done --sort -valid_err --limit 5
+  {prog} tree --where 'lr > 0.01 and model.arch == "resnet"' --format csv
+  {prog} tree --sql 'select "model.arch", min(valid_err) from jobs group by 1'
+"""
+
+
+def build_query_parser(prog="dbdict-query"):
+    from . import query
+
+    parser = Parser(prog=prog, usage="%(prog)s TREE [key=value ...] [--where EXPR | --sql SQL] [options]",
+                    **_help(QUERY_HELP.format(prog=prog)))
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    query.add_arguments(parser)
+    parser.set_defaults(func=cmd_query, _rest="filters", _parser=parser)
+    return parser
+
+
 def main_query(argv=None):
-    """`dbdict-query TREE ...` = `dbdict query TREE ...`."""
+    """`dbdict-query TREE ...` = `dbdict query TREE ...`, under its own name."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("-h", "--help"):
-        return main(["query", "--help"], prog="dbdict")
-    return main(["query"] + argv, prog="dbdict")
+
+    def parse():
+        parser = build_query_parser()
+        if not [a for a in argv if not a.startswith("-")] and not {"-h", "--help"} & set(argv):
+            parser.error("expected a TREE: dbdict-query TREE [key=value ...] [--where EXPR | --sql SQL]")
+        args, extra = parser.parse_known_args(fix_negative_sort(argv))
+        _collect_rest(parser, args, extra)
+        return args
+
+    return run_command(parse, argv)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,24 @@
 The CLI turns any DbdictError into one line on stderr and the exit code it carries.
 """
 
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Every exit code of every command (DESIGN.md 7); cli.main is where errors become them."""
+
+    OK = 0
+    FAILED = 1          # the job (or, for `work`, every job it ran) failed
+    USAGE = 2           # a usage or input error, or an internal error
+    INCOMPLETE = 3      # requeued after INCOMPLETE, or the worker was stopped by a signal
+    NOT_RUNNABLE = 4    # running elsewhere, done, failed or canceled; or this process was fenced
+    INTERRUPTED = 130   # Ctrl-C (128 + SIGINT)
+
 
 class DbdictError(Exception):
     """Base of every error dbdict_fs raises on purpose (exit code 2 unless a subclass says)."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class UsageError(DbdictError, ValueError):
@@ -45,13 +58,13 @@ class ExperimentError(DbdictError, ImportError):
 class NotRunnable(DbdictError, RuntimeError):
     """The job is held by a live worker, or is done, failed or canceled (exit 4)."""
 
-    exit_code = 4
+    exit_code = ExitCode.NOT_RUNNABLE
 
 
 class Fenced(DbdictError, RuntimeError):
     """This process lost its claim (stolen, canceled, or heartbeat too old): it must not write."""
 
-    exit_code = 4
+    exit_code = ExitCode.NOT_RUNNABLE
 
 
 class WriteError(DbdictError, OSError):

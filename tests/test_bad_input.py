@@ -231,7 +231,7 @@ INDEX_CASES = [
     ("dbdict", ["cancel", "T", "--where", "nosuchcolumn = 1"], "nosuchcolumn"),
     ("dbdict", ["work", "T", "--where", "x >"], "--where"),
     ("dbdict", ["work", "T", "--where", "nosuchcolumn = 1"], "nosuchcolumn"),
-    ("dbdict-query", [], "required"),
+    ("dbdict-query", [], "TREE"),
     ("dbdict-query", ["N"], "no such"),
     ("dbdict-query", ["F"], "F"),
     ("dbdict-query", ["T", "--format", "xml"], "--format"),
