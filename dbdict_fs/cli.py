@@ -67,9 +67,7 @@ def _run_options(args):
 # ---------------------------------------------------------------- commands
 
 def cmd_create(args):
-    from .create import create_jobs
-    from .experiment import load_experiment
-    from .values import merge, parse_grid
+    from .create import compose, create_jobs, load_source
 
     source, grid = None, []
     for item in args.items:
@@ -79,28 +77,14 @@ def cmd_create(args):
             source = item
         else:
             raise UsageError(f"create: a second SOURCE {item!r} (grid arguments look like key=value)")
-    experiment = args.experiment
-    if source is not None:
-        try:
-            generator = load_experiment(source)
-        except DbdictError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - user code: report, do not crash
-            raise UsageError(f"cannot load the job source {source!r}: {type(exc).__name__}: {exc}") from None
-        if experiment is None:
-            module = sys.modules.get(getattr(generator, "__module__", ""), None)
-            experiment = getattr(module, "EXPERIMENT", None)
-        if callable(generator):
-            try:
-                generator = generator()
-            except Exception as exc:  # noqa: BLE001
-                raise UsageError(f"the job source {source!r} raised {type(exc).__name__}: {exc}") from None
+    generator, experiment = load_source(source) if source is not None else (None, None)
+    experiment = args.experiment or experiment
     if experiment is None:
         raise UsageError("create: --experiment MOD:ATTR or FILE.py:ATTR is required "
                          "(or define EXPERIMENT in the source module)")
-    grid_configs = parse_grid(grid)
-    base = generator if source is not None else [{}]
-    configs = (merge(b, g) if isinstance(b, dict) else b for b in base for g in grid_configs)
+    if args.print_defaults and not args.print_config:
+        return _print_experiment_config(experiment, None)
+    configs = compose(generator, grid)
     if args.print_defaults or args.print_config:
         return _print_experiment_config(experiment, configs if args.print_config else None)
     from .progress import Progress
@@ -166,7 +150,16 @@ def cmd_work(args):
     if not args.quiet:
         print(f"worker finished: {summary}" + (" (stopped by a signal)" if interrupted else ""),
               file=sys.stderr)
-    return 3 if interrupted else 0
+    if interrupted:
+        return ExitCode.INCOMPLETE
+    if not counts:
+        from . import jobdir as jd
+        from .create import check_tree
+
+        check_tree(args.tree, next(iter(jd.iter_jobdirs(args.tree)), None) is not None)
+    if counts and set(counts) == {"failed"}:
+        return ExitCode.FAILED  # every job it ran failed: a script must notice
+    return ExitCode.OK
 
 
 def _selector(args):
@@ -199,7 +192,7 @@ def cmd_cmdline(args):
     stamp = utc_iso().replace(":", "").replace("-", "")
     name = f"{stamp}-{os.getpid()}"
     result = create_jobs(args.tree, configs, args.experiment, name=name, duplicates="add",
-                         check_keys=not args.no_check_keys)
+                         check_keys=not args.no_check_keys, marker=False)
     jobdir = result.created[0]
     print(f"job directory: {jobdir}", file=sys.stderr)
     outcome = run_job(jobdir, **_run_options(args))

@@ -31,12 +31,77 @@ class CreateResult:
     skipped: list = field(default_factory=list)
 
 
+def load_source(source):
+    """A job SOURCE (FILE.py:ATTR or MOD:ATTR, a generator function or an iterable) ->
+    (its configs, the EXPERIMENT its module declares or None)."""
+    import sys
+
+    from .experiment import load_experiment
+
+    try:
+        generator = load_experiment(source)
+    except DbdictError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - user code: report, do not crash
+        raise UsageError(f"cannot load the job source {source!r}: {type(exc).__name__}: {exc}") from None
+    module = sys.modules.get(getattr(generator, "__module__", ""), None)
+    experiment = getattr(module, "EXPERIMENT", None)
+    if callable(generator):
+        try:
+            generator = generator()
+        except Exception as exc:  # noqa: BLE001
+            raise UsageError(f"the job source {source!r} raised {type(exc).__name__}: {exc}") from None
+    if isinstance(generator, (str, bytes, dict)) or not hasattr(generator, "__iter__"):
+        raise UsageError(f"the job source {source!r} gave a {type(generator).__name__}, "
+                         f"not an iterable of dicts (a list, or a generator that yields dicts)")
+    return generator, experiment
+
+
+def compose(generator, grid):
+    """The configs of `dbdict create`: each dict of `generator` (None: one empty dict)
+    deep-merged with each config of the grid arguments `grid` (['lr={0.1,0.01}', ...]).
+    Configs are validated (numpy values converted) before the grid is merged in."""
+    from .values import merge, parse_grid
+
+    grid_configs = parse_grid(grid)
+    if generator is None:
+        if not grid:
+            raise UsageError("create: no keys at all: give key=VALUES grid arguments or a job SOURCE")
+        return iter(grid_configs)
+
+    def configs():
+        for i, base in enumerate(generator):
+            if not isinstance(base, dict):
+                yield base  # _plan says it is not a dict
+                continue
+            base = check_config(base, where=f"config #{i}")
+            for extra in grid_configs:
+                yield merge(base, extra)
+    return configs()
+
+
+TREE_MARKER = ".dbdict"  # a directory: what makes an empty directory a tree (slurm/ lives in it)
+
+
+def mark_tree(tree):
+    """Make `tree` a tree even before it holds a job (`status`/`query` then say 0 jobs)."""
+    os.makedirs(os.path.join(tree, TREE_MARKER), exist_ok=True)
+
+
+def check_tree(tree, has_jobs):
+    """Refuse a directory that is not a tree: no job in it (`has_jobs` false) and no
+    marker that `create` made it. Costs one stat, and only when no job was found."""
+    if not has_jobs and not os.path.isdir(os.path.join(os.fspath(tree), TREE_MARKER)):
+        raise UsageError(f"{os.fspath(tree)}: not a dbdict tree (it holds no job; "
+                         f"make one with `dbdict create {os.fspath(tree)} ...`)")
+
+
 def utc_now():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def create_jobs(tree, generator, experiment, *, name=None, priority=DEFAULT_PRIORITY,
-                dry_run=False, duplicates="skip", cwd=None, check_keys=True, progress=None):
+                dry_run=False, duplicates="skip", cwd=None, check_keys=True, progress=None, marker=True):
     """Write one job directory per distinct config of `generator` (an iterable of dicts).
 
     `experiment` is "module:attr" or "path/file.py:attr" (resolved now, recorded in the
@@ -44,7 +109,8 @@ def create_jobs(tree, generator, experiment, *, name=None, priority=DEFAULT_PRIO
     by default a job lives at TREE/<hash[:2]>/<hash>. `duplicates="add"` adds a repeated
     config under a new name instead of skipping it. A class experiment that declares
     `defaults` rejects configs with keys it does not know (`check_keys=False` skips that).
-    `progress(n_done, n_total)` is called as jobs are written.
+    `progress(n_done, n_total)` is called as jobs are written. `marker` writes TREE/.dbdict/,
+    so the tree is a tree even while it holds no job.
     """
     if duplicates not in ("skip", "add"):
         raise UsageError(f"duplicates must be 'skip' or 'add', not {duplicates!r}")
@@ -72,6 +138,8 @@ def create_jobs(tree, generator, experiment, *, name=None, priority=DEFAULT_PRIO
     existing_hashes = _hashes_in_tree(tree) if name and duplicates == "skip" else None
     if name:
         _check_names(tree, jobs, existing_hashes)
+    if marker and not dry_run:
+        mark_tree(tree)
     for done, (rel, config, digest) in enumerate(jobs):
         if progress is not None:
             progress(done, len(jobs))

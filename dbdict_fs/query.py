@@ -82,7 +82,40 @@ def _options(args, overrides):
     if filters and not isinstance(filters, dict):
         filters = [f if isinstance(f, tuple) else parse_filters([f])[0] for f in filters]
     opts["filters"] = filters
+    _check_status_names(filters)
     return opts
+
+
+def _check_status_names(filters):
+    """`status=finished` matches nothing, silently: name the statuses that exist instead."""
+    from .jobdir import DERIVED_STATUSES, STATUSES
+
+    items = filters.items() if isinstance(filters, dict) else (filters or ())
+    valid = STATUSES + DERIVED_STATUSES
+    for key, value in items:
+        if key.lower() in ("status", STATUS) and value not in valid:
+            from .argtypes import did_you_mean
+
+            raise UsageError(f"{key}={value}: no such status{did_you_mean(str(value), valid)} "
+                             f"(statuses: {', '.join(valid)})")
+
+
+def _index(tree, **kw):
+    """build_index, refusing a directory that is not a tree (create.check_tree)."""
+    from .create import check_tree
+
+    index = build_index(tree, **kw)
+    check_tree(tree, index.conn.execute("SELECT 1 FROM jobs LIMIT 1").fetchone() is not None)
+    return index
+
+
+def resolve_column(index, name):
+    """A --columns name: a column, or `status`/`path`/`error` for their dbdict. columns; any
+    other bookkeeping key must be spelled dbdict.KEY (`epoch` is not silently dbdict.epoch)."""
+    column = index.resolve(name)
+    if column.lower() != name.lower() and name.lower() not in ("status", "path", "error"):
+        raise UsageError(f"--columns: no column {name!r}; did you mean {column}?")
+    return column
 
 
 def select(tree, args=None, **options):
@@ -90,7 +123,7 @@ def select(tree, args=None, **options):
     argparse namespace) or keyword options: filters (['k=v', ...], [(k, v)] or a dict),
     where, sort, limit, no_cache, progress (a bar on a terminal's stderr for slow scans)."""
     opts = _options(args, options)
-    index = build_index(tree, cache=not opts.get("no_cache"), progress=bool(opts.get("progress")))
+    index = _index(tree, cache=not opts.get("no_cache"), progress=bool(opts.get("progress")))
     return index.select(opts["filters"], opts.get("where"), opts.get("sort"), opts.get("limit"))
 
 
@@ -101,7 +134,7 @@ def run(args):
     if args.sql and (opts["filters"] or args.where or args.sort):
         raise UsageError("--sql cannot be combined with key=value filters, --where or --sort")
     show_progress = (fmt == "table" or sys.stdout.isatty()) and not args.quiet
-    index = build_index(args.tree, cache=not args.no_cache, progress=show_progress)
+    index = _index(args.tree, cache=not args.no_cache, progress=show_progress)
     if args.sql:
         rows, columns = run_sql(index, args.sql, args.limit)
         if args.columns:
@@ -114,7 +147,7 @@ def run(args):
         rows = index.select(opts["filters"], args.where, args.sort, args.limit)
         if args.columns:
             columns = [c for name in args.columns for c in
-                       (index.columns if name == "*" else [index.resolve(name)])]
+                       (index.columns if name == "*" else [resolve_column(index, name)])]
         else:
             columns = default_columns(index, rows if fmt == "table" else None)
     output.print_rows(rows, columns, fmt)

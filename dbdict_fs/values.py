@@ -85,9 +85,26 @@ class _Checker:
             return self.mapping(value, name + ".", depth + 1)
         if isinstance(value, (list, tuple)):
             return [self.value(v, f"{name}[{i}]", depth + 1) for i, v in enumerate(value)]
+        converted = _from_numpy(value)
+        if converted is not value:
+            self.nodes += 1  # the converted value is visited again: count it once
+            return self.value(converted, name, depth)
         hint = " (quote it to keep it as text)" if type(value).__name__ in ("date", "datetime") else ""
         self.fail(f"{name} has a value of type {type(value).__name__}, "
                   f"not one of str, int, float, bool, null, list, mapping{hint}")
+
+
+def _from_numpy(value):
+    """A numpy scalar as the Python scalar it holds, an array as nested lists (as states
+    convert them), without importing numpy; anything else unchanged."""
+    if not type(value).__module__.startswith("numpy"):
+        return value
+    for method in ("item", "tolist"):
+        try:
+            return getattr(value, method)()
+        except (AttributeError, TypeError, ValueError):
+            continue
+    return value
 
 
 def canonical(config, experiment):
@@ -140,6 +157,11 @@ def parse_grid(args):
             choices = [parse_scalar(t.strip()) for t in _split_top(stripped[1:-1])]
             if not choices:
                 raise UsageError(f"{arg!r}: an empty set of values")
+        elif not stripped:
+            raise UsageError(f"{arg!r}: no value (write {key}=null for null, or {key}='\"\"' for an empty string)")
+        elif stripped[0] in "{[" and parse_scalar(stripped) == stripped:
+            raise UsageError(f"{arg!r}: an unclosed or malformed {stripped[0]}...{'}' if stripped[0] == '{' else ']'} "
+                             f"(alternatives are written {key}={{a,b}}, a list {key}=[a,b])")
         else:
             choices = [parse_scalar(text)]
         axes.setdefault(key, []).extend(choices)

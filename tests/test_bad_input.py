@@ -46,6 +46,13 @@ def date():
 def raises_on_call():
     raise KeyError("no")
 
+def returns_int():
+    return 5
+
+def datetime_deep():
+    import datetime
+    yield {"m": {"when": datetime.datetime(2026, 1, 1)}}
+
 def clash():
     yield {"x": 1}
     yield {"x": 2}
@@ -123,6 +130,12 @@ CLI_CASES = [
     ("dbdict", ["create", "T", "-e", "E", "x=.nan"], "NaN"),
     ("dbdict", ["create", "T", "-e", "E", "x=-.inf"], "infinity"),
     ("dbdict", ["create", "T", "-e", "E", "x={}"], "empty"),
+    ("dbdict", ["create", "T", "-e", "E", "lr={0.1,"], "lr={0.1,"),
+    ("dbdict", ["create", "T", "-e", "E", "lr=[0.1"], "unclosed"),
+    ("dbdict", ["create", "T", "-e", "E", "lr="], "no value"),
+    ("dbdict", ["create", "T", "-e", "E"], "no keys"),
+    ("dbdict", ["create", "T", "gens.py:returns_int", "-e", "E"], "not an iterable"),
+    ("dbdict", ["create", "T", "gens.py:datetime_deep", "-e", "E", "y=1"], "m.when"),
     ("dbdict", ["create", "T", "-e", "E", "y=2", "y.z=1"], "y.z"),
     pytest.param("dbdict", ["create", "T", "-e", "E", "y.z=1", "y=2"], "y"),
     ("dbdict", ["create", "T", "-e", "E", "x=1", "--priority", "nan"], "--priority"),
@@ -218,6 +231,14 @@ INDEX_CASES = [
     ("dbdict", ["status", "N"], "no such"),
     ("dbdict", ["status", "F"], "F"),
     ("dbdict", ["status", "T", "--format", "xml"], "--format"),
+    ("dbdict", ["status", "D"], "not a dbdict tree"),
+    ("dbdict", ["work", "D"], "not a dbdict tree"),
+    ("dbdict", ["cancel", "D"], "not a dbdict tree"),
+    ("dbdict-query", ["D"], "not a dbdict tree"),
+    ("dbdict", ["status", "T", "status=finished"], "no such status"),
+    ("dbdict-query", ["T", "status=cancelled"], "did you mean canceled"),
+    ("dbdict", ["work", "T", "status=redy"], "ready"),
+    ("dbdict-query", ["T", "--columns", "epoch"], "dbdict.epoch"),
     ("dbdict", ["status", "T", "x"], "key=value"),
     ("dbdict", ["status", "T", "--where", "x >"], "--where"),
     ("dbdict", ["status", "T", "--where", "nosuchcolumn > 1"], "nosuchcolumn"),
@@ -269,7 +290,8 @@ INDEX_CASES = [
 def _fill(args, area):
     work = area["work"]
     repl = {"T": area["tree"], "J": area["job"], "F": os.path.join(work, "afile"),
-            "E": os.path.join(work, "exp.py") + ":main", "N": os.path.join(work, "no", "such")}
+            "E": os.path.join(work, "exp.py") + ":main", "N": os.path.join(work, "no", "such"),
+            "D": os.path.join(work, "empty")}
     out = []
     for a in args:
         a = repl.get(a, a)
