@@ -17,6 +17,7 @@ from .where import compile_where, quote
 
 TABLE = "jobs"
 PATH, STATUS, ERROR = "dbdict.path", "dbdict.status", "dbdict.error"
+NAN = "dbdict.nan"  # comma-separated keys whose value is NaN (NULL in SQL)
 DEFAULT_LEASE = 600.0  # seconds, when a claim's token names none (as booking.DEFAULT_LEASE)
 LIVE = ("running", "booked")  # statuses that turn `stale` when the top claim's lease ran out
 # A directory (or state file) modified less than this long before we read it may change again
@@ -49,6 +50,8 @@ def flatten(data, prefix="", out=None):
             out[key] = value if -_INT64 <= value < _INT64 else str(value)  # SQLite ints are 64-bit
         elif kind is float:
             out[key] = None if value != value else value  # SQLite stores NaN as NULL anyway
+            if value != value:  # ... so say which keys were NaN: output shows them as nan
+                out[NAN] = f"{out[NAN]},{key}" if out.get(NAN) else key
         elif kind is list or kind is tuple:
             out[key] = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
         else:  # a YAML-only type in a hand-edited file (date, bytes, set)

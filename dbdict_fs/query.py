@@ -150,6 +150,8 @@ def run(args):
                        (index.columns if name == "*" else [resolve_column(index, name)])]
         else:
             columns = default_columns(index, rows if fmt == "table" else None)
+    if not args.sql:
+        restore_nan(rows)
     output.print_rows(rows, columns, fmt)
     if fmt == "table":
         corrupt = index.conn.execute('SELECT count(*) FROM jobs WHERE "dbdict.status" = ?', ("corrupt",)).fetchone()[0]
@@ -159,11 +161,26 @@ def run(args):
     return 0
 
 
+def restore_nan(rows):
+    """NaN is NULL in SQL (SQLite has no NaN); the index lists NaN keys in dbdict.nan so a
+    diverged run prints as nan, not as a missing result."""
+    from .index import NAN
+
+    for row in rows:
+        for key in (row.get(NAN) or "").split(","):
+            if key and row.get(key) is None:
+                row[key] = float("nan")
+    return rows
+
+
 def default_columns(index, rows=None):
     """The user's keys, then status and path; for a table, only keys some row has a value for."""
     user = [c for c in index.columns if not c.startswith("dbdict.")]
     if rows is not None:
-        user = [c for c in user if any(row.get(c) is not None for row in rows)]
+        from .index import NAN
+
+        nan = {k for row in rows for k in (row.get(NAN) or "").split(",")}
+        user = [c for c in user if c in nan or any(row.get(c) is not None for row in rows)]
     return user + [STATUS, PATH]
 
 
