@@ -89,15 +89,26 @@ def cmd_create(args):
         return _print_experiment_config(experiment, configs if args.print_config else None)
     from .progress import Progress
 
-    with Progress("creating jobs", quiet=args.quiet) as bar:
-        result = create_jobs(args.tree, configs, experiment, name=args.name, priority=args.priority,
-                             dry_run=args.dry_run, duplicates="add" if args.allow_duplicates else "skip",
-                             check_keys=not args.no_check_keys, progress=bar.update)
-    for path in result.created:
-        print(f"dbdict-run-job run {path}" if args.print_commands else path)
+    from .errors import Interrupted
+
+    try:
+        with Progress("creating jobs", quiet=args.quiet) as bar:
+            result = create_jobs(args.tree, configs, experiment, name=args.name, priority=args.priority,
+                                 dry_run=args.dry_run, duplicates="add" if args.allow_duplicates else "skip",
+                                 check_keys=not args.no_check_keys, progress=bar.update)
+    except Interrupted as exc:
+        _print_created(exc.result, args)  # the jobs that were written, before the one-line error
+        raise
+    _print_created(result, args)
     verb = "would create" if args.dry_run else "created"
     print(f"{verb} {len(result.created)}, skipped {len(result.skipped)} duplicates", file=sys.stderr)
     return 0
+
+
+def _print_created(result, args):
+    for path in result.created:
+        print(f"dbdict-run-job run {path}" if args.print_commands else path)
+    sys.stdout.flush()
 
 
 def _print_experiment_config(experiment, configs):

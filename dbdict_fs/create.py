@@ -140,6 +140,19 @@ def create_jobs(tree, generator, experiment, *, name=None, priority=DEFAULT_PRIO
         _check_names(tree, jobs, existing_hashes)
     if marker and not dry_run:
         mark_tree(tree)
+    try:
+        _write_jobs(tree, jobs, result, experiment, pythonpath, priority, dry_run, existing_hashes, progress)
+    except KeyboardInterrupt:
+        from .errors import Interrupted
+
+        exc = Interrupted(f"interrupted by Ctrl-C after writing {len(result.created)} of {len(jobs)} jobs "
+                          f"(run the same create again to add the rest: duplicates are skipped)")
+        exc.result = result
+        raise exc from None
+    return result
+
+
+def _write_jobs(tree, jobs, result, experiment, pythonpath, priority, dry_run, existing_hashes, progress):
     for done, (rel, config, digest) in enumerate(jobs):
         if progress is not None:
             progress(done, len(jobs))
@@ -155,7 +168,6 @@ def create_jobs(tree, generator, experiment, *, name=None, priority=DEFAULT_PRIO
             result.created.append(path)
         else:
             result.skipped.append(path)
-    return result
 
 
 def _check_names(tree, jobs, existing_hashes):

@@ -69,3 +69,9 @@ class Fenced(DbdictError, RuntimeError):
 
 class WriteError(DbdictError, OSError):
     """A state or job file could not be written (full disk, permissions); nothing was replaced."""
+
+
+class Interrupted(DbdictError):
+    """Ctrl-C stopped a command part-way; the message says what was done (exit 130)."""
+
+    exit_code = ExitCode.INTERRUPTED

@@ -184,6 +184,33 @@ def default_columns(index, rows=None):
     return user + [STATUS, PATH]
 
 
+class _InterruptOnSigint:
+    """While a query runs, SIGINT sets a flag that SQLite's progress handler turns into an
+    interrupt (a Python signal handler only runs between bytecodes: the handler gives it one)."""
+
+    def __init__(self):
+        import signal
+
+        self.hit = False
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:  # not the main thread: leave Ctrl-C alone
+            self.previous = None
+
+    def _on_sigint(self, signum, frame):
+        self.hit = True
+
+    def check(self):
+        return 1 if self.hit else 0
+
+    def restore(self):
+        if self.previous is not None:
+            import signal
+
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+
 def run_sql(index, sql, limit=None):
     """Run a user's --sql read-only: the authorizer allows reading and functions only."""
     import sqlite3
@@ -199,6 +226,8 @@ def run_sql(index, sql, limit=None):
 
     conn = index.conn
     conn.set_authorizer(authorize)
+    stop = _InterruptOnSigint()
+    conn.set_progress_handler(stop.check, 10000)  # lets Ctrl-C reach a long query
     try:
         cursor = conn.execute(sql)
         if cursor.description is None:
@@ -206,7 +235,13 @@ def run_sql(index, sql, limit=None):
         columns = [d[0] for d in cursor.description]
         data = cursor.fetchall() if limit is None else cursor.fetchmany(limit)
     except (sqlite3.Error, sqlite3.Warning) as exc:
+        if stop.hit:
+            from .errors import Interrupted
+
+            raise Interrupted("--sql: interrupted by Ctrl-C; no rows printed") from None
         raise UsageError(f"--sql: {exc}") from None
     finally:
         conn.set_authorizer(None)
+        conn.set_progress_handler(None, 0)
+        stop.restore()
     return [dict(zip(columns, row)) for row in data], columns
