@@ -140,7 +140,8 @@ def ready_jobs(path):
 def prepare(tree, workers=None, *, time=None, partition=None, cpus_per_task=None, mem=None, gres=None,
             signal_grace=DEFAULT_SIGNAL_GRACE, resubmit=True, max_resubmits=DEFAULT_MAX_RESUBMITS,
             per_job=False, job_name=None, grace=None, lease=None, heartbeat=None, max_attempts=None,
-            wait=False, sbatch_args=(), python=None):
+            wait=False, sbatch_args=(), python=None, save_every=None, max_runtime=None,
+            finish_up_after=None, scratch=None, max_resumes=None):
     """Check the options and build the Plan (nothing is written: see `submit`)."""
     tree = os.path.abspath(os.fspath(tree))
     if not os.path.isdir(tree):
@@ -201,7 +202,10 @@ def prepare(tree, workers=None, *, time=None, partition=None, cpus_per_task=None
         lines.append("#SBATCH " + " ".join(_sbatch_value(a, "sbatch argument") for a in sbatch_args))
 
     options = ["--grace", f"{grace:g}"]
-    for opt, value in (("--lease", lease), ("--heartbeat", heartbeat), ("--max-attempts", max_attempts)):
+    for opt, value in (("--lease", lease), ("--heartbeat", heartbeat), ("--max-attempts", max_attempts),
+                       ("--save-every", save_every), ("--max-runtime", max_runtime),
+                       ("--finish-up-after", finish_up_after), ("--max-resumes", max_resumes),
+                       ("--scratch", scratch)):
         if value is not None:
             options += [opt, f"{value:g}" if isinstance(value, float) else str(value)]
     if per_job:
@@ -514,7 +518,7 @@ def add_arguments(p):
     p.add_argument("--job-name", metavar="NAME", help="SLURM job name (default dbdict-<tree name>)")
     p.add_argument("--signal-grace", type=positive_int, default=DEFAULT_SIGNAL_GRACE, metavar="S",
                    help=f"SLURM sends USR2 S seconds before the time limit (default {DEFAULT_SIGNAL_GRACE}; "
-                        f"it may come up to a minute late)")
+                        f"it can come ~60 s late or ~30 s early: choose checkpoint time + 60)")
     p.add_argument("--no-resubmit", dest="resubmit", action="store_false",
                    help="a task stopped by a signal does not requeue itself")
     p.add_argument("--max-resubmits", type=nonneg_int, default=DEFAULT_MAX_RESUBMITS, metavar="N",
@@ -531,6 +535,16 @@ def add_arguments(p):
                    help="each worker's heartbeat interval (dbdict work --heartbeat)")
     g.add_argument("--max-attempts", type=positive_int, metavar="N",
                    help="lost attempts before a job fails (dbdict work --max-attempts)")
+    g.add_argument("--max-resumes", type=positive_int, metavar="N",
+                   help="INCOMPLETE returns before a job fails (dbdict work --max-resumes)")
+    g.add_argument("--save-every", type=positive_seconds, metavar="S",
+                   help="channel() answers 'save' every S seconds (dbdict work --save-every)")
+    g.add_argument("--max-runtime", type=positive_seconds, metavar="S",
+                   help="kill an attempt after S seconds (dbdict work --max-runtime)")
+    g.add_argument("--finish-up-after", type=positive_seconds, metavar="S",
+                   help="after S seconds channel() answers 'finish-up' (dbdict work --finish-up-after)")
+    g.add_argument("--scratch", metavar="DIR",
+                   help="run in a node-local copy of workdir under DIR, on each node (dbdict work --scratch)")
     g.add_argument("--wait", action="store_true", help="workers keep polling while jobs run elsewhere")
     p.set_defaults(sbatch_args=[])
     _split_at_double_dash(p)
@@ -559,7 +573,9 @@ def _options(args):
                 gres=args.gres, signal_grace=args.signal_grace, resubmit=args.resubmit,
                 max_resubmits=args.max_resubmits, per_job=args.per_job, job_name=args.job_name,
                 grace=args.grace, lease=args.lease, heartbeat=args.heartbeat, max_attempts=args.max_attempts,
-                wait=args.wait, sbatch_args=args.sbatch_args)
+                wait=args.wait, sbatch_args=args.sbatch_args, save_every=args.save_every,
+                max_runtime=args.max_runtime, finish_up_after=args.finish_up_after, scratch=args.scratch,
+                max_resumes=args.max_resumes)
 
 
 def run(args):
