@@ -64,7 +64,12 @@ class Channel:
 
     def save(self):
         """Commit the current state now (through the worker). True when it was written."""
-        reply = self._link.request({"op": "save", "state": self._state})
+        try:
+            reply = self._link.request({"op": "save", "state": self._state})
+        except TypeError:
+            from .values import unstorable
+
+            raise TypeError(unstorable(self._state) or "the state cannot be stored") from None
         return bool(reply and reply.get("ok"))
 
 
@@ -189,8 +194,11 @@ def _send_final(link, msg):
     try:
         link.send(msg)
     except TypeError as exc:  # a value that is not JSON: report it as the job's error
-        sys.stderr.write(f"dbdict: cannot store the state: {exc}\n")
-        msg = {"op": "error", "error": f"TypeError: {exc}", "state": None}
+        from .values import unstorable
+
+        reason = unstorable(msg.get("state") or {}) or str(exc)
+        sys.stderr.write(f"dbdict: cannot store the state: {reason}\n")
+        msg = {"op": "error", "error": f"cannot store the state: {reason}", "state": None}
         link.send(msg)
 
 

@@ -220,7 +220,9 @@ def _plan(tree, generator, experiment, template, duplicates):
             continue
         seen_hash.add(digest)
         rel = render_name(template, config) if template else os.path.join(digest[:2], digest)
-        if rel in seen_rel:
+        if duplicates == "add" and rel not in seen_rel and os.path.exists(os.path.join(tree, rel)):
+            rel = _free_name(tree, rel, seen_rel)  # the same config is in the tree: add another
+        elif rel in seen_rel:
             if duplicates == "add" or seen_rel[rel] == digest:
                 rel = _free_name(tree, rel, seen_rel)
             else:

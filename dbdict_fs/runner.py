@@ -458,6 +458,15 @@ class _Attempt:
         elif op in ("result", "error"):
             self.final = msg
 
+    def _changed_config(self, state):
+        """A reason when the experiment overwrote a config key (values.changed_config_key)."""
+        from .values import changed_config_key
+
+        try:
+            return changed_config_key(jd.read_config(self.held.jobdir), state)
+        except (CorruptJob, JobNotFound, OSError):
+            return None
+
     def _merge(self, child_state):
         """The experiment's keys, with the worker's bookkeeping (the child cannot change it)."""
         state = dict(child_state) if isinstance(child_state, dict) else dict(self.state)
@@ -467,6 +476,10 @@ class _Attempt:
 
     def _commit_save(self, child_state):
         state = self._merge(child_state)
+        changed = self._changed_config(state)
+        if changed:
+            _warn(self.opts, f"{self.held.jobdir}: save refused: {changed}")
+            return False
         state["dbdict"]["saved"] = booking.utc_iso()
         try:
             if self.scratch and self.held.check():
@@ -532,6 +545,11 @@ class _Attempt:
                 return self._lost()
         msg = self.final or {}
         state = self._merge(msg.get("state"))
+        changed = self._changed_config(state) if msg.get("op") == "result" else None
+        if changed:  # fail the job, keeping the config's values in its state (and the index)
+            state = self._merge(None) if not isinstance(msg.get("state"), dict) else state
+            state.update({k: v for k, v in jd.read_config(self.held.jobdir).items() if k != "dbdict"})
+            msg = {"op": "error", "error": changed}
         book = state["dbdict"]
         now = booking.boottime()
         book.update(end=booking.utc_iso(), duration=round(now - self.started, 3))

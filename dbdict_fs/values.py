@@ -221,3 +221,44 @@ def merge(base, extra):
         else:
             out[key] = value
     return out
+
+
+def changed_config_key(config, state, prefix=""):
+    """The first config key whose value the experiment changed in `state`, as a one-line
+    reason, or None. Config keys identify the job (filters, duplicates): an experiment
+    that overwrites one (`state.lr = 99`) would make queries lie, so it is refused."""
+    for key, value in config.items():
+        if not prefix and key == RESERVED:
+            continue
+        name = prefix + key
+        if not isinstance(state, dict) or key not in state:
+            return f"the experiment removed the config key {name!r}: store results under new keys"
+        got = state[key]
+        if isinstance(value, dict) and isinstance(got, dict):
+            inner = changed_config_key(value, got, name + ".")
+            if inner:
+                return inner
+        elif got != value or isinstance(got, bool) != isinstance(value, bool):
+            return (f"the experiment overwrote the config key {name!r} ({value!r} -> {got!r}): "
+                    f"config keys are the job's identity; store results under new keys")
+    return None
+
+
+def unstorable(state, prefix=""):
+    """'key has a value of type X' for the first value a state file cannot hold, or None."""
+    items = state.items() if isinstance(state, dict) else enumerate(state)
+    for key, value in items:
+        name = f"{prefix}{key}" if isinstance(state, dict) else f"{prefix[:-1]}[{key}]"
+        if value is None or isinstance(value, (str, int, float, bool)):
+            continue
+        if isinstance(value, (dict, list, tuple)):
+            inner = unstorable(value, name + ".")
+            if inner:
+                return inner
+            continue
+        if _from_numpy(value) is not value:
+            continue
+        hint = " (store it as text: str(value) or value.isoformat())" if type(value).__name__ in (
+            "date", "datetime", "time", "timedelta") else ""
+        return f"state key {name!r} has a value of type {type(value).__name__}, which cannot be stored in the state{hint}"
+    return None

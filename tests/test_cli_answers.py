@@ -46,3 +46,12 @@ def test_work_exits_1_when_every_job_it_ran_failed(tree):
     assert proc.returncode == 1 and "1 failed" in proc.stderr, (proc.returncode, proc.stderr)
     mixed = run_cli("work", tree)
     assert mixed.returncode == 0 and "2 done" in mixed.stderr, mixed.stderr
+
+
+def test_allow_duplicates_adds_a_config_already_in_the_tree(tree):
+    assert run_cli("create", tree, "-e", experiment("double"), "x=1").returncode == 0
+    again = run_cli("create", tree, "-e", experiment("double"), "x=1", "--allow-duplicates")
+    assert again.returncode == 0 and "created 1, skipped 0" in again.stderr, again.stderr
+    plain = run_cli("create", tree, "-e", experiment("double"), "x=1")
+    assert "created 0, skipped 1" in plain.stderr
+    assert len(jobdirs(tree)) == 2
