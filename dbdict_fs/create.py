@@ -85,7 +85,11 @@ TREE_MARKER = ".dbdict"  # a directory: what makes an empty directory a tree (sl
 
 def mark_tree(tree):
     """Make `tree` a tree even before it holds a job (`status`/`query` then say 0 jobs)."""
-    os.makedirs(os.path.join(tree, TREE_MARKER), exist_ok=True)
+    path = os.path.join(tree, TREE_MARKER)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise DbdictError(f"cannot create {path}: {exc.strerror or exc}") from exc
 
 
 def check_tree(tree, has_jobs):

@@ -512,6 +512,8 @@ def test_build_index_bad_tree(tmp_path, tree):
     from dbdict_fs import build_index
 
     (tmp_path / "afile").write_text("x")
-    with pytest.raises(DbdictError):
+    with pytest.raises(DbdictError) as info:
         build_index(str(tmp_path / tree))
-    assert not math.isnan(0.0)
+    message = str(info.value)
+    assert str(tmp_path / tree) in message and "\n" not in message
+    assert ("no such" if tree == "no/such" else "not a directory") in message, message

@@ -113,3 +113,15 @@ def test_keywords_are_case_insensitive_and_strings_unescape(index):
     assert ids(index, "LR > 0.01 OR Model.Arch Like 'MLP-%'") == [1, 4]
     _, params = compile_where(r"model.arch = 'a\'b\\c\n'", index.resolve)
     assert params == ["a'b\\c\n"]
+
+
+@pytest.mark.parametrize("expr, expected", [
+    # `and` binds tighter than `or`, on either side, as in SQL and Python
+    ("i = 1 or i = 2 and lr = 0.1", [1]),
+    ("i = 2 and lr = 0.1 or i = 1", [1]),
+    ("i = 1 or i = 4 and valid_err > 0.4 or i = 3", [1, 3, 4]),
+    ("(i = 1 or i = 2) and lr = 0.1", [1]),
+    ("not i = 1 and lr = 0.01", [2, 3]),  # `not` binds tighter than `and`
+])
+def test_and_binds_tighter_than_or(index, expr, expected):
+    assert ids(index, expr) == expected
