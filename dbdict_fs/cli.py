@@ -181,7 +181,7 @@ def _selector(args):
         return None
     from . import query
 
-    return lambda tree: query.select(tree, args)
+    return lambda tree: query.select(tree, **query.selection(args))
 
 
 def cmd_cmdline(args):

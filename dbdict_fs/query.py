@@ -74,16 +74,20 @@ def add_arguments(parser):
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no warnings on stderr")
 
 
-def _options(args, overrides):
-    names = ("filters", "where", "sort", "limit", "no_cache")
-    opts = {name: getattr(args, name, None) for name in names} if args is not None else {}
-    opts.update(overrides)
-    filters = opts.get("filters")
+_SELECT_OPTIONS = ("filters", "where", "sort", "limit", "no_cache")
+
+
+def selection(args):
+    """The selection options a command's parsed arguments carry, for select(tree, **them)."""
+    return {name: getattr(args, name, None) for name in _SELECT_OPTIONS}
+
+
+def _normalize_filters(filters):
+    """['k=v', ...], [(k, v), ...] or a dict -> [(k, v), ...] or the dict; status names checked."""
     if filters and not isinstance(filters, dict):
         filters = [f if isinstance(f, tuple) else parse_filters([f])[0] for f in filters]
-    opts["filters"] = filters
     _check_status_names(filters)
-    return opts
+    return filters
 
 
 def _check_status_names(filters):
@@ -118,20 +122,22 @@ def resolve_column(index, name):
     return column
 
 
-def select(tree, args=None, **options):
-    """Rows (dicts, every column) of the jobs of `tree` matching the filters of `args` (an
-    argparse namespace) or keyword options: filters (['k=v', ...], [(k, v)] or a dict),
-    where, sort, limit, no_cache, progress (a bar on a terminal's stderr for slow scans)."""
-    opts = _options(args, options)
-    index = _index(tree, cache=not opts.get("no_cache"), progress=bool(opts.get("progress")))
-    return index.select(opts["filters"], opts.get("where"), opts.get("sort"), opts.get("limit"))
+def select(tree, filters=None, where=None, sort=None, limit=None, no_cache=False, progress=False):
+    """Rows (dicts, every column) of the jobs of `tree` matching `filters` (['k=v', ...],
+    [(k, v)] or a dict, ANDed) and the `where` expression, sorted by `sort`, at most
+    `limit`; `progress` shows a bar on a terminal's stderr for slow scans. (An argparse
+    namespace as `filters` is still read, as select(tree, **selection(args)).)"""
+    if hasattr(filters, "__dict__") and not isinstance(filters, (dict, list, tuple)):
+        return select(tree, **selection(filters), progress=progress)
+    index = _index(tree, cache=not no_cache, progress=bool(progress))
+    return index.select(_normalize_filters(filters), where, sort, limit)
 
 
 def run(args):
     """`dbdict query`: print the selected rows. Returns the exit code."""
-    opts = _options(args, {})
+    filters = _normalize_filters(args.filters)
     fmt = args.format
-    if args.sql and (opts["filters"] or args.where or args.sort):
+    if args.sql and (filters or args.where or args.sort):
         raise UsageError("--sql cannot be combined with key=value filters, --where or --sort")
     show_progress = (fmt == "table" or sys.stdout.isatty()) and not args.quiet
     index = _index(args.tree, cache=not args.no_cache, progress=show_progress)
@@ -144,7 +150,7 @@ def run(args):
                                  f"({', '.join(columns)})")
             columns = args.columns
     else:
-        rows = index.select(opts["filters"], args.where, args.sort, args.limit)
+        rows = index.select(filters, args.where, args.sort, args.limit)
         if args.columns:
             columns = [c for name in args.columns for c in
                        (index.columns if name == "*" else [resolve_column(index, name)])]

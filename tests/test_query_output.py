@@ -61,3 +61,18 @@ def test_a_large_plain_table_costs_about_what_csv_costs():
         return best
 
     assert cost("table") < 5 * cost("csv") + 0.02
+
+
+def test_select_takes_filters_not_a_namespace(nan_tree):
+    import argparse
+
+    from dbdict_fs import query
+
+    by_keywords = query.select(nan_tree, ["x=2"], where="valid_err > 0.1", no_cache=True)
+    assert [r["x"] for r in by_keywords] == [2]
+    assert [r["x"] for r in query.select(nan_tree, {"x": 1})] == [1]
+    args = argparse.Namespace(filters=["x=2"], where=None, sort=None, limit=None, no_cache=False)
+    assert [r["x"] for r in query.select(nan_tree, **query.selection(args))] == [2]
+    assert [r["x"] for r in query.select(nan_tree, args)] == [2]  # the old call still works
+    with pytest.raises(Exception, match="no such status"):
+        query.select(nan_tree, ["status=finished"])
