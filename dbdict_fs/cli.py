@@ -10,6 +10,7 @@ import os
 import sys
 
 from .argtypes import Parser
+from .command import run_command
 from .argtypes import finite as _number
 from .argtypes import positive_int as _positive_int
 from .argtypes import seconds as _seconds
@@ -488,40 +489,6 @@ def main(argv=None, prog="dbdict", only=None):
         return args
 
     return run_command(parse, argv)
-
-
-def run_command(parse, argv):
-    """Parse, run, and turn every error into one line on stderr and its ExitCode: the one
-    place where that happens (`--debug` or DBDICT_DEBUG=1 shows the traceback instead)."""
-    debug = "--debug" in argv or os.environ.get("DBDICT_DEBUG") == "1"
-    try:
-        args = parse()
-        return int(args.func(args))
-    except DbdictError as exc:
-        if debug:
-            raise
-        print(f"Error: {exc}", file=sys.stderr)
-        return int(exc.exit_code)
-    except KeyboardInterrupt:
-        return ExitCode.INTERRUPTED
-    except BrokenPipeError:
-        try:
-            sys.stdout = open(os.devnull, "w")
-        except OSError:
-            pass
-        return ExitCode.OK
-    except OSError as exc:
-        if debug:
-            raise
-        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-        print(f"Error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return ExitCode.USAGE
-    except Exception as exc:  # noqa: BLE001 - a bug of ours: still one line, never a traceback
-        if debug:
-            raise
-        print(f"Error: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
-              file=sys.stderr)
-        return ExitCode.USAGE
 
 
 def main_run_job(argv=None):

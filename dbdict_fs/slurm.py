@@ -604,10 +604,12 @@ def main(argv=None):
     script's helpers: `ready PATH` (prints how many jobs under PATH are ready) and
     `gone CLUSTER_JOB...` (prints `ID gone|alive|unknown` per id)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    from .cli import _Parser
+    from .argtypes import Parser
+    from .command import run_command
 
-    parser = _Parser(prog="python -m dbdict_fs.slurm")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    parser = Parser(prog="python -m dbdict_fs.slurm")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     p = sub.add_parser("submit", help="= dbdict submit", formatter_class=argparse.RawDescriptionHelpFormatter,
                        description=HELP)
@@ -616,8 +618,13 @@ def main(argv=None):
     p.add_argument("path", metavar="PATH")
     p = sub.add_parser("gone", help="is each SLURM job gone? (squeue)")
     p.add_argument("ids", nargs="+", metavar="CLUSTER_JOB")
-    try:
+
+    def parse():
         args = parser.parse_args(argv)
+        args.func = command
+        return args
+
+    def command(args):
         if args.command == "submit":
             return run(args)
         if args.command == "ready":
@@ -628,13 +635,8 @@ def main(argv=None):
         for job, gone in jobs_gone(args.ids).items():
             print(f"{job} {'unknown' if gone is None else 'gone' if gone else 'alive'}")
         return 0
-    except DbdictError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except OSError as exc:
-        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-        print(f"Error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return 2
+
+    return run_command(parse, argv)
 
 
 if __name__ == "__main__":

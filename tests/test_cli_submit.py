@@ -24,3 +24,21 @@ def test_every_worker_option_reaches_the_worker_command(tree):
     words = shlex.split(line.replace('"$PYTHON"', "python").replace('"$TREE"', "TREE").rstrip(" &"))
     given = dict(zip(words[5::2], words[6::2]))
     assert given == WORKER_OPTIONS
+
+
+def test_slurm_module_does_not_import_the_cli_and_reports_like_it(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from dbdict_fs import slurm; rc = slurm.main(sys.argv[1:]); "
+            "assert 'dbdict_fs.cli' not in sys.modules, 'slurm imports cli'; sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, "ready", str(tmp_path / "no")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("Error: ") \
+        and "no such file" in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+    typo = subprocess.run([sys.executable, "-m", "dbdict_fs.slurm", "redy", "x"], capture_output=True,
+                          text=True, timeout=60)
+    assert typo.returncode == 2 and "did you mean ready?" in typo.stderr, typo.stderr
+    debug = subprocess.run([sys.executable, "-m", "dbdict_fs.slurm", "--debug", "ready", str(tmp_path / "no")],
+                           capture_output=True, text=True, timeout=60)
+    assert "Traceback" in debug.stderr and "UsageError" in debug.stderr
