@@ -47,18 +47,27 @@ def run_cli(*args, cwd=None, env=None, timeout=120, prog="dbdict", input=None):
                           capture_output=True, text=True, timeout=timeout, input=input)
 
 
-def wait_for(predicate, timeout=30, interval=0.05):
-    """Poll `predicate()` until true (True) or `timeout` s pass (False); a read that fails
-    while a file is being replaced just counts as not yet."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+def wait_for(condition, timeout=30, interval=0.05, what="condition", detail=None):
+    """The suite's one wait: poll `condition()` until it returns a true value, and return
+    that value; after `timeout` s fail with an AssertionError naming `what` (plus
+    `detail()`, e.g. the workers' output, and the last error). A read that fails while a
+    file is being replaced (any exception but an AssertionError) just counts as not yet."""
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while True:
         try:
-            if predicate():
-                return True
-        except Exception:  # noqa: BLE001
-            pass
+            value = condition()
+        except AssertionError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            value, last_error = None, exc
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            extra = f"\n{detail()}" if detail else ""
+            error = f" (last error: {type(last_error).__name__}: {last_error})" if last_error else ""
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{error}{extra}")
         time.sleep(interval)
-    return False
 
 
 def pid_gone(pid):

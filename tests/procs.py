@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 
-from conftest import pid_gone  # noqa: F401 - re-exported for the booking tests
+from conftest import pid_gone, wait_for  # noqa: F401 - re-exported for the booking tests
 from dbdict_fs.booking import proc_stat_fields
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -37,21 +37,6 @@ _PR_SET_CHILD_SUBREAPER = 36
 
 
 # ---------------------------------------------------------------- small helpers
-
-def wait_for(condition, timeout, interval=0.02, what="condition", detail=None):
-    """Poll `condition()` until it returns a true value (returned) or fail after `timeout` s.
-
-    `detail()` (e.g. the workers' output) is added to the failure message."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            extra = f"\n{detail()}" if detail else ""
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{extra}")
-        time.sleep(interval)
-
 
 def proc_state(pid):
     """The state letter of /proc/<pid>/stat (R, S, T, Z, ...), or None if there is no such pid."""

@@ -55,3 +55,19 @@ def test_allow_duplicates_adds_a_config_already_in_the_tree(tree):
     plain = run_cli("create", tree, "-e", experiment("double"), "x=1")
     assert "created 0, skipped 1" in plain.stderr
     assert len(jobdirs(tree)) == 2
+
+
+def test_the_suites_one_wait_for_returns_the_value_or_fails_loudly():
+    from conftest import wait_for
+
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise FileNotFoundError("being replaced")
+        return "value"
+
+    assert wait_for(flaky, timeout=10, interval=0) == "value"
+    with pytest.raises(AssertionError, match="waiting for nothing .*last error: KeyError"):
+        wait_for(lambda: {}["x"], timeout=0.1, what="nothing")
