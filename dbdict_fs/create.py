@@ -127,7 +127,7 @@ def create_jobs(tree, generator, experiment, *, name=None, priority=DEFAULT_PRIO
     tree = os.fspath(tree)
     if os.path.exists(tree) and not os.path.isdir(tree):
         raise UsageError(f"{tree}: exists and is not a directory")
-    if os.path.isfile(os.path.join(tree, jd.CONFIG)):
+    if os.path.isfile(jd.JobPaths(tree).config):
         raise UsageError(f"{tree}: is a job directory, not a tree")
     experiment, pythonpath = resolve_experiment(experiment, cwd)
     if isinstance(generator, dict):
@@ -182,7 +182,7 @@ def _check_names(tree, jobs, existing_hashes):
         if existing_hashes is not None and digest in existing_hashes:
             continue  # a duplicate: skipped, wherever it is
         target = os.path.join(tree, rel)
-        if os.path.exists(os.path.join(target, jd.CONFIG)):
+        if os.path.exists(jd.JobPaths(target).config):
             try:
                 other = jd.read_config(target)["dbdict"].get("hash")
             except DbdictError:
@@ -326,7 +326,7 @@ def _write_job(tree, rel, config, experiment, pythonpath, digest, priority):
         try:
             os.rename(tmp, target)
         except OSError as exc:
-            if os.path.exists(os.path.join(target, jd.CONFIG)):
+            if os.path.exists(jd.JobPaths(target).config):
                 return False  # another process created the same job meanwhile
             raise DbdictError(f"cannot create {target}: {exc.strerror or exc}") from exc
         jd.fsync_dir(os.path.dirname(target))
@@ -350,5 +350,5 @@ def _check_no_job_above(tree, rel):
     """A job may not be created inside another job's directory."""
     parts = rel.split(os.sep)[:-1]
     for i in range(1, len(parts) + 1):
-        if os.path.isfile(os.path.join(tree, *parts[:i], jd.CONFIG)):
+        if os.path.isfile(jd.JobPaths(os.path.join(tree, *parts[:i])).config):
             raise UsageError(f"{os.path.join(tree, rel)} would be inside the job {os.path.join(tree, *parts[:i])}")
