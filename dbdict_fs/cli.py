@@ -10,11 +10,11 @@ import os
 import sys
 
 from .argtypes import Parser
-from .command import run_command
 from .argtypes import finite as _number
 from .argtypes import positive_int as _positive_int
 from .argtypes import seconds as _seconds
-from .errors import DbdictError, ExitCode, UsageError
+from .command import run_command
+from .errors import ExitCode, UsageError
 
 EXIT_USAGE = ExitCode.USAGE
 _Parser = Parser  # the old name
