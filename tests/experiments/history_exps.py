@@ -53,3 +53,14 @@ class CurveClass(Experiment):
             self.log(step, acc=step / 10)
         channel.log(0, acc=0.0)
         return COMPLETE
+
+
+def quick(state, channel):
+    """A tiny training run: valid_err falls with the steps, depends on lr, arch and seed."""
+    base = {"a": 0.2, "b": 0.4}.get(state.get("arch"), 0.3) + 0.01 * state.get("seed", 0)
+    for step in range(1, int(state.get("steps", 5)) + 1):
+        channel.log(step, valid_err=base + state.lr / step, loss=1.0 / step)
+    state.valid_err = base + state.lr / state.get("steps", 5)
+    if state.get("fail"):
+        raise RuntimeError("diverged: loss is nan")
+    return COMPLETE
