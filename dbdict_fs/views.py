@@ -73,6 +73,7 @@ examples:
         g = p.add_mutually_exclusive_group()
         g.add_argument("--minimize", dest="maximize", action="store_false", help="lower is better (default)")
         g.add_argument("--maximize", dest="maximize", action="store_true", help="higher is better")
+        p.set_defaults(maximize=False)
         p.add_argument("--top", type=int, default=10, metavar="K", help="best jobs listed and curves drawn (default 10)")
         p.add_argument("--title", metavar="TEXT", help="the report's title (default: the tree)")
         p.add_argument("--no-cache", action="store_true", help="read every job's files (skip the index cache)")
