@@ -100,7 +100,7 @@ def build(rows, *, tree, metric=None, maximize=False, top=10, title=None, histor
             dots = [(x, y) for r in rows for x, y in [(_num(r.get(key)), _num(r.get(metric)))]
                     if x is not None and y is not None]
             xs = [x for x, _ in dots]
-            logx = bool(xs) and min(xs) > 0 and max(xs) / min(xs) >= 100
+            logx = bool(xs) and min(xs) > 0 and max(xs) / min(xs) >= 10
             out.append(svg_plot([("mean", [p for p in series[0][1]])] if series else [], xlabel=key,
                                 ylabel=metric, logx=logx, dots=dots, name=f"param-{key}"))
         out.append("</div></section>")
