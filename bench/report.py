@@ -6,7 +6,8 @@
 Whole processes, best of N, index cache off (--no-cache) for all three, so the ratio is what
 drawing costs on top of reading the tree. Each job has a 20-step history of two metrics
 (plot --curve and the report's curves read them). Also prints the report's size and its load
-time in headless chromium (tests/browser.py), when chromium is installed.
+time in headless chromium (tests/browser.py), when chromium is installed: the job table
+shows its first 1000 rows until 'show all' is clicked.
 """
 
 import argparse
@@ -109,8 +110,8 @@ def main():
             loaded = load_time(html)
             size = os.path.getsize(html)
             load = f"{loaded[0]:.2f}s" if loaded else "n/a"
-            if loaded and loaded[1] != n:
-                sys.exit(f"the report shows {loaded[1]} rows, not {n}")
+            if loaded and loaded[1] != min(n, 1000):
+                sys.exit(f"the report shows {loaded[1]} rows, not {min(n, 1000)} (its first page)")
             print(f"{n:>6} {query:>6.2f}s {report:>6.2f}s {xy:>7.2f}s {curve:>9.2f}s  {report / query:>8.2f} "
                   f"{xy / query:>6.2f} {curve / query:>7.2f}  {size / 1e6:>7.2f}MB {load:>6}", flush=True)
         finally:

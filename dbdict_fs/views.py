@@ -76,6 +76,9 @@ examples:
         p.set_defaults(maximize=False)
         p.add_argument("--top", type=int, default=10, metavar="K", help="best jobs listed and curves drawn (default 10)")
         p.add_argument("--title", metavar="TEXT", help="the report's title (default: the tree)")
+        p.add_argument("--rows", type=int, default=1000, metavar="N",
+                       help="job-table rows shown before 'show all' (default 1000; sorting and "
+                            "filtering always cover every job)")
         p.add_argument("--no-cache", action="store_true", help="read every job's files (skip the index cache)")
         p.add_argument("-q", "--quiet", action="store_true", help="do not print the report's path")
 

@@ -114,3 +114,17 @@ def test_bad_report_options(sweep, tmp_path):
                       (["-o", tmp_path / "r.html", "lr=5"], "no matching jobs")):
         out = run_cli("report", sweep, *args)
         assert out.returncode == 2 and msg in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+@needs_browser
+def test_long_tables_show_a_page_but_sort_and_filter_every_job(sweep, tmp_path, chrome):
+    chrome.get(write_report(sweep, tmp_path / "paged.html", "--metric", "valid_err", "--rows", "5"))
+    assert len(chrome.find_all("#alljobs tbody tr")) == 5
+    assert chrome.js("return document.getElementById('shown').textContent") == "first 5 of 12 of 12 jobs"
+    values, i = column(chrome, "valid_err")
+    chrome.click(chrome.find_all("#alljobs th")[i])
+    values, _ = column(chrome, "valid_err")
+    assert values == ["0.2102", "0.212", "0.2202", "0.222", "0.23"]  # the 5 lowest of all 12
+    chrome.click(chrome.find_all("#more")[0])
+    assert len(chrome.find_all("#alljobs tbody tr")) == 12
+    assert chrome.js("return document.getElementById('more').style.display") == "none"
