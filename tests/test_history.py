@@ -56,6 +56,12 @@ def test_sigterm_then_resume_gives_every_step_once(tree):
     # the resume started from an older checkpoint, so some steps really were logged twice
     raw = [p["step"] for p in raw_points(job)]
     assert len(raw) > len(set(raw)), "the test did not exercise a re-logged step"
+    # a step logged again replaced the earlier point: its value is the resumed run's
+    last_run = {}
+    for p in raw_points(job):
+        last_run[p["step"]] = p["run"]
+    assert {r[1]: r[3] for r in rows if r[2] == "run"} == last_run
+    assert set(last_run.values()) == {1, 2}
 
 
 @pytest.mark.parametrize("relog", [True, False], ids=["thief-logs", "thief-logs-nothing"])
@@ -118,3 +124,12 @@ def test_index_histories(tree):
     rows = index.histories()
     assert sorted({r[0] for r in rows}) == sorted(jobs) and len(rows) == 3 + 5
     assert len(index.histories(where="steps = 4")) == 5
+
+
+def test_history_as_a_pandas_frame(tree):
+    pandas = pytest.importorskip("pandas")
+    job = make_job(tree, "CurveClass", steps=2)
+    assert run_cli("run", job, "-q").returncode == 0
+    frame = history(job, frame=True)
+    assert isinstance(frame, pandas.DataFrame) and list(frame.columns) == ["path", "step", "metric", "value"]
+    assert len(frame) == 3

@@ -14,7 +14,7 @@ def curve(state, channel):
     while step < state.steps:
         time.sleep(state.get("step_time", 0.02))
         step += 1
-        channel.log(step, loss=1.0 / step, valid_err=1.0 / (step + 1))
+        channel.log(step, loss=1.0 / step, valid_err=1.0 / (step + 1), run=state.dbdict.runs)
         with open("logged.tmp", "w") as f:
             f.write(str(step))
         os.replace("logged.tmp", "logged")
