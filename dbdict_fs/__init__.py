@@ -16,6 +16,7 @@ _EXPORTS = {
     "INCOMPLETE": "experiment",
     "Index": "index",
     "build_index": "index",
+    "history": "histories",
     "create_jobs": "create",
     "run_job": "runner",
     "work": "runner",

@@ -37,6 +37,26 @@ def _json_default(value):
                     f"(use str, int, float, bool, None, lists and dicts)")
 
 
+def _number(value, what):
+    if hasattr(value, "item") and callable(value.item) and not isinstance(value, (int, float)):
+        value = value.item()  # numpy and torch scalars
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return value
+    raise TypeError(f"channel.log: {what} must be a number, not {type(value).__name__}")
+
+
+def _check_point(step, metrics):
+    """{"step": step, metric: value, ...} with plain numbers, or TypeError saying what is wrong."""
+    if not metrics:
+        raise TypeError("channel.log(step, name=value, ...) needs at least one metric")
+    if "step" in metrics:
+        raise TypeError("channel.log: 'step' cannot be a metric name")
+    point = {"step": _number(step, "step")}
+    for name, value in metrics.items():
+        point[name] = _number(value, name)
+    return point
+
+
 class Channel:
     """What `channel()` tells the experiment: None (go on), 'stop', 'finish-up' or 'save'."""
 
@@ -47,6 +67,7 @@ class Channel:
         self._state = state
         self._pending = set()
         self._lock = threading.Lock()
+        self._points, self._sent_at = [], _boottime()  # channel.log's batch
 
     def __call__(self):
         with self._lock:
@@ -62,8 +83,28 @@ class Channel:
         with self._lock:
             self._pending.add(answer)
 
+    def log(self, step, **metrics):
+        """Record the metrics at `step` in the job's history (DESIGN.md 10), and keep them
+        as the state's latest values. Points go to the worker in batches."""
+        point = _check_point(step, metrics)
+        self._state.update(metrics)
+        with self._lock:
+            self._points.append(point)
+            due = len(self._points) >= 256 or _boottime() - self._sent_at >= 1.0
+        if due:
+            self.flush()
+
+    def flush(self):
+        """Send the points not sent yet (before a save and the final result, and in batches)."""
+        with self._lock:
+            points, self._points = self._points, []
+            self._sent_at = _boottime()
+        if points:
+            self._link.send({"op": "log", "points": points})
+
     def save(self):
         """Commit the current state now (through the worker). True when it was written."""
+        self.flush()
         try:
             reply = self._link.request({"op": "save", "state": self._state})
         except TypeError:
@@ -191,6 +232,11 @@ def _print_user_traceback(exc):
 
 
 def _send_final(link, msg):
+    if link.channel is not None:
+        try:
+            link.channel.flush()  # every point before the result: the last commit names them
+        except TypeError as exc:
+            sys.stderr.write(f"dbdict: cannot store the history: {exc}\n")
     try:
         link.send(msg)
     except TypeError as exc:  # a value that is not JSON: report it as the job's error

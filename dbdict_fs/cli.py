@@ -434,6 +434,9 @@ examples:
         p.add_argument("--stderr", action="store_true", help="stderr instead of stdout")
         p.add_argument("--attempt", type=_positive_int, metavar="N", help="only attempt N")
         p.add_argument("-f", "--follow", action="store_true", help="keep printing as the job writes")
+    from .views import add_commands  # history, plot, report: their code loads only when run
+
+    add_commands(add, prog)
     return parser
 
 
@@ -444,7 +447,7 @@ def _version():
 
 
 COMMANDS = ("create", "run", "work", "cmdline", "query", "status", "requeue", "cancel", "show", "logs",
-            "submit")
+            "submit", "history", "plot", "report")
 
 
 def fix_negative_sort(argv):

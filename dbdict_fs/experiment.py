@@ -109,6 +109,10 @@ class Experiment:
     def run(self, channel):
         raise NotImplementedError("an Experiment subclass must define run(channel)")
 
+    def log(self, step, **metrics):
+        """Record metrics at `step` in the job's history: `self.channel.log(step, **metrics)`."""
+        return self.channel.log(step, **metrics)
+
 
 # ---------------------------------------------------------------- specs
 

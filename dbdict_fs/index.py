@@ -606,6 +606,14 @@ class Index:
                 target.close()
         return path
 
+    def histories(self, filters=None, where=None, *, metrics=None, frame=False):
+        """Metric histories (DESIGN.md 10) of the selected jobs: rows (path, step, metric,
+        value), or a pandas DataFrame with `frame=True`. Reads each job's history file."""
+        from .histories import histories
+
+        paths = [r["dbdict.path"] for r in self.select(filters, where, columns=["dbdict.path"])]
+        return histories(paths, metrics=metrics, frame=frame)
+
     def to_pandas(self, query=None, params=()):
         """A pandas DataFrame of the table (or of a query); pandas is optional."""
         try:

@@ -399,6 +399,9 @@ class _Attempt:
         self.next_save = now + opts.save_every if opts.save_every else None
         self.runtime_end = now + opts.max_runtime if opts.max_runtime is not None else None
         self.final = None
+        from .histories import Recorder
+
+        self.history = Recorder(held)  # channel.log's points, fenced like the state
 
     def _deadlines(self):
         poll = booking.boottime() + 1.0  # look at the experiment's process at least every second
@@ -457,6 +460,8 @@ class _Attempt:
             self.child.send({"op": "reply", "ok": ok})
         elif op in ("result", "error"):
             self.final = msg
+        elif op == "log":
+            self.history.append(msg.get("points"))
 
     def _changed_config(self, state):
         """A reason when the experiment overwrote a config key (values.changed_config_key)."""
@@ -472,6 +477,7 @@ class _Attempt:
         state = dict(child_state) if isinstance(child_state, dict) else dict(self.state)
         state.pop("dbdict", None)
         state["dbdict"] = self.state["dbdict"]  # the worker owns the bookkeeping
+        self.history.stamp(state)  # the commit names the history bytes written so far
         return state
 
     def _commit_save(self, child_state):

@@ -23,3 +23,7 @@ dbdict-query "$TREE" --columns model.arch,lr,seed,valid_err --sort valid_err --l
 echo "== best valid_err per architecture (SQL)"
 dbdict-query "$TREE" --sql 'select "model.arch" as arch, min(valid_err) as best, count(*) as jobs
                            from jobs group by 1 order by best'
+
+echo "== the report: one HTML file, no server (open it in a browser, or rsync it to a laptop)"
+dbdict report "$TREE" -o "$TREE/sweep.html" --metric valid_err --quiet
+echo "   $(cd "$TREE" && pwd)/sweep.html"

@@ -51,8 +51,8 @@ def main(state, channel):
             json.dump(ckpt, f)
         os.replace(CHECKPOINT + ".tmp", CHECKPOINT)
         state.epoch = ckpt["epoch"]
-        state.train_err = mse(w, train)
-        state.valid_err = mse(w, valid)
+        # The learning curve (dbdict history / plot --curve / report); also sets the state's values.
+        channel.log(ckpt["epoch"], train_err=mse(w, train), valid_err=mse(w, valid))
         print(f"epoch {ckpt['epoch']}: train {state.train_err:.4f} valid {state.valid_err:.4f}", flush=True)
         time.sleep(state.get("epoch_time", 0.0))  # pretend epochs take a while
         answer = channel()

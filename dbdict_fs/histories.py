@@ -1,0 +1,219 @@
+"""Metric histories (named `histories`, so `dbdict_fs.history` stays the function): the points `channel.log(step, **metrics)` records (DESIGN.md 10).
+
+Fenced like the state: the holder of claim E writes only `history.<E>.jsonl` in the job
+directory (one JSON object per line: {"step": s, metric: value, ...}), and every state it
+commits records how much of that file is committed, `dbdict.history = {"epoch": E, "bytes": n}`.
+Readers read the latest state, then that file up to n bytes only, so a fenced attempt's late
+points (appended past n, or to its own older file) never appear. A new holder seeds its file with
+the committed bytes of the file the state it resumed from names, and then appends. A step logged
+again (a resume from an older checkpoint) replaces the earlier point: readers keep the last one.
+"""
+
+import errno
+import json
+import os
+
+from . import jobdir as jd
+
+FORMAT = "history.{}.jsonl"
+
+
+def history_name(epoch):
+    return FORMAT.format(int(epoch))
+
+
+def _pointer(state):
+    """(epoch, bytes) the state commits, or None when the job never logged a point."""
+    ref = (state.get("dbdict") or {}).get("history") if isinstance(state, dict) else None
+    if not isinstance(ref, dict):
+        return None
+    try:
+        epoch, size = int(ref["epoch"]), int(ref["bytes"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (epoch, size) if epoch >= 0 and size >= 0 else None
+
+
+def _read_prefix(path, size):
+    """The first `size` bytes of `path` (never through a symlink)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        chunks, left = [], size
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+class Recorder:
+    """The worker's side: appends the child's points to history.<E>.jsonl, stamps commits.
+
+    Nothing is created until the first point arrives, so an experiment that never logs
+    costs nothing, and a job that logged before keeps its committed pointer unchanged.
+    """
+
+    def __init__(self, held):
+        self.jobdir, self.epoch = held.jobdir, held.epoch
+        self.base = _pointer(held.state)  # what the state we resumed from commits
+        self.fd = None
+        self.size = 0
+        self.dirty = False
+
+    def _open(self):
+        path = os.path.join(self.jobdir, history_name(self.epoch))
+        seed = b""
+        if self.base is not None:
+            old = os.path.join(self.jobdir, history_name(self.base[0]))
+            try:
+                seed = _read_prefix(old, self.base[1])
+            except FileNotFoundError:
+                seed = b""
+            if seed and not seed.endswith(b"\n"):  # a torn copy: keep whole lines only
+                seed = seed[: seed.rfind(b"\n") + 1]
+        # Only the holder of E ever writes this name: an existing file is our own leftover.
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        self._write(seed)
+        self._remove_older()
+
+    def _remove_older(self):
+        """Files older than the one we seeded from are named by no state we could be hidden
+        behind (pointers only grow along the states), so they can go."""
+        if self.base is None:
+            return
+        for name in os.listdir(self.jobdir):
+            if name.startswith("history.") and name.endswith(".jsonl"):
+                try:
+                    epoch = int(name[len("history."):-len(".jsonl")])
+                except ValueError:
+                    continue
+                if epoch < self.base[0]:
+                    try:
+                        os.unlink(os.path.join(self.jobdir, name))
+                    except OSError:
+                        pass
+
+    def _write(self, data):
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+        self.size += len(data)
+        self.dirty = self.dirty or bool(data)
+
+    def append(self, points):
+        """Points from the child: a list of {"step": s, metric: value, ...}."""
+        lines = []
+        for point in points if isinstance(points, list) else ():
+            if isinstance(point, dict) and "step" in point and len(point) > 1:
+                lines.append(json.dumps(point, allow_nan=True) + "\n")
+        if not lines:
+            return
+        try:
+            if self.fd is None:
+                self._open()
+            self._write("".join(lines).encode("utf-8"))
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
+                raise
+            # The points are lost, never half-committed: the stamp names what was written.
+
+    def stamp(self, state):
+        """Before committing `state`: make our points durable and record how many bytes."""
+        if self.fd is None:
+            return
+        if self.dirty:
+            try:
+                os.fsync(self.fd)
+            except OSError:
+                return  # keep the state's previous pointer: only durable bytes are named
+            self.dirty = False
+        state.setdefault("dbdict", {})["history"] = {"epoch": self.epoch, "bytes": self.size}
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    __del__ = close  # the attempt ends with its _Attempt object
+
+
+# ---------------------------------------------------------------- readers
+
+def read_points(jobdir, retries=20):
+    """The committed points of a job, in the order logged: list of dicts."""
+    for _ in range(retries):
+        _, state = jd.read_latest_state(jobdir)
+        ref = _pointer(state)
+        if ref is None:
+            return []
+        try:
+            data = _read_prefix(os.path.join(jobdir, history_name(ref[0])), ref[1])
+        except FileNotFoundError:
+            continue  # a newer holder moved on since our read of the state: read it again
+        points = []
+        for line in data.split(b"\n"):
+            if line.strip():
+                try:
+                    point = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(point, dict):
+                    points.append(point)
+        return points
+    return []
+
+
+def rows_of(path, points):
+    """(path, step, metric, value) rows; a (step, metric) logged again keeps its last value."""
+    latest = {}
+    for point in points:
+        step = point.get("step")
+        for metric, value in point.items():
+            if metric != "step":
+                latest.pop((step, metric), None)
+                latest[(step, metric)] = value
+    order = {}
+    for _, metric in latest:
+        order.setdefault(metric, len(order))
+    keys = sorted(latest, key=lambda k: (_step_key(k[0]), order[k[1]]))
+    return [(path, step, metric, latest[(step, metric)]) for step, metric in keys]
+
+
+def _step_key(step):
+    return (0, step) if isinstance(step, (int, float)) and not isinstance(step, bool) else (1, str(step))
+
+
+COLUMNS = ("path", "step", "metric", "value")
+
+
+def history(jobdir, *, frame=False):
+    """The committed history of one job: rows (path, step, metric, value), or a pandas
+    DataFrame with those columns when `frame=True`."""
+    path = os.fspath(jobdir)
+    rows = rows_of(path, read_points(path))
+    return to_frame(rows) if frame else rows
+
+
+def histories(paths, *, frame=False, metrics=None):
+    """The rows of several jobs (a job that cannot be read contributes none)."""
+    from .errors import DbdictError
+
+    rows = []
+    wanted = set(metrics) if metrics else None
+    for path in paths:
+        try:
+            job_rows = history(path)
+        except (DbdictError, OSError):
+            continue
+        rows.extend(r for r in job_rows if wanted is None or r[2] in wanted)
+    return to_frame(rows) if frame else rows
+
+
+def to_frame(rows):
+    import pandas
+
+    return pandas.DataFrame(rows, columns=list(COLUMNS))
