@@ -23,26 +23,15 @@ NEEDS_FORCE = ("done", "running", "booked")
 # ---------------------------------------------------------------- changing jobs
 
 def fresh_status(jobdir, listing, state, ask_slurm=False):
-    """The job's status now, derived as the index does (booked, stale), from fresh reads.
+    """The job's status now, from fresh reads, decided by booking (the one place, DESIGN 4).
 
     Decisions use this, not the status a row was selected by: a holder may have claimed
     the job since, and a command's claim fences whoever holds the job.
     """
-    from .index import claim_lease, live_status
-
-    book = state["dbdict"]
     top = listing.claim_epoch
-    raw = "booked" if top > book["epoch"] else book["status"]
-    if raw not in ("running", "booked"):
-        return raw
     token = jd.read_claim(jobdir, top) if top else {}
-    status = live_status(jobdir, raw, top, claim_lease(token), time.time())
-    if status != "stale" and ask_slurm and token.get("cluster_job"):
-        from . import slurm
-
-        if jobdir in slurm.gone_jobdirs([jobdir]):
-            status = "stale"
-    return status
+    gone = booking.scheduler_gone([token.get("cluster_job")]) if ask_slurm and token.get("cluster_job") else ()
+    return booking.derived_status(jobdir, top, state, token=token, gone=gone)
 
 
 def change_job(jobdir, transform, purpose, ask_slurm=False):
@@ -58,8 +47,9 @@ def change_job(jobdir, transform, purpose, ask_slurm=False):
         if transform(copy.deepcopy(state), None, status) is None:
             return False
         try:
+            lease, heartbeat = booking.command_lease()  # a killed command blocks the job <= 30 s
             held = booking.claim(jobdir, force=True, purpose=purpose, wait=False,
-                                 lease=booking.DEFAULT_LEASE, heartbeat=booking.DEFAULT_HEARTBEAT)
+                                 lease=lease, heartbeat=heartbeat)
             break
         except NotRunnable:  # a worker or another command claimed it meanwhile: look again
             if attempt == 4:
@@ -114,25 +104,13 @@ def cancel_transform():
 def _select(tree, args):
     from . import query
 
+    # The index decides stale through booking, the scheduler-gone path included, so what
+    # status counts, query shows and requeue/cancel select is the same for every job.
     rows = query.select(tree, args, progress=not getattr(args, "quiet", False))
-    _mark_gone_cluster_jobs(rows)
-    return rows
-
-
-def _mark_gone_cluster_jobs(rows):
-    """Running and booked jobs whose top claim was made in a SLURM job that squeue says is
-    over are stale now, without waiting for the lease (one squeue call; nothing changes
-    where squeue is missing or does not answer). Claims still fence any late holder."""
-    live = [r["dbdict.path"] for r in rows if r.get("dbdict.status") in ("running", "booked")]
-    if not live:
-        return
-    from . import slurm
-
-    gone = slurm.gone_jobdirs(live)
     for row in rows:
-        if row["dbdict.path"] in gone:
-            row["dbdict.status"] = "stale"
+        if row.get("dbdict.status") == "stale" and row.get("dbdict.cluster_job"):
             row["_slurm_gone"] = True  # change_job asks squeue again, for the claim it sees
+    return rows
 
 
 def _change_many(args, transform_for, purpose, past):
@@ -162,10 +140,13 @@ def _change_many(args, transform_for, purpose, past):
 
 
 def cmd_requeue(args):
-    statuses = tuple(s.strip() for s in args.status.split(",") if s.strip())
+    given = args.status is not None
+    statuses = tuple(s.strip() for s in (args.status if given else "failed,canceled,stale").split(",") if s.strip())
     unknown = [s for s in statuses if s not in REQUEUEABLE]
     if unknown:
         raise UsageError(f"requeue --status: unknown status {unknown[0]!r} (one of {', '.join(REQUEUEABLE)})")
+    if args.force and not given:
+        statuses += ("done",)  # --force alone also requeues done jobs
     forced = [s for s in statuses if s in NEEDS_FORCE]
     if forced and not args.force:
         raise UsageError(f"requeue --status {forced[0]}: add --force to requeue {forced[0]} jobs")
@@ -222,8 +203,9 @@ def _status_once(args):
         for r in running:
             age = "?" if r["heartbeat_age"] is None else f"{r['heartbeat_age']:.0f}s"
             slurm_job = f"  slurm {r['cluster_job']}" if r.get("cluster_job") else ""
+            late = "  (heartbeat overdue: its worker may be stopped or dead)" if r["heartbeat_overdue"] else ""
             print(f"  {r['status']:8} {r['path']}  host {r['host']} pid {r['pid']}{slurm_job}  "
-                  f"attempt {r['attempts']}  heartbeat {age} ago")
+                  f"attempt {r['attempts']}  heartbeat {age} ago{late}")
     if failures:
         print("\nrecent failures:")
         for r in failures:
@@ -233,19 +215,20 @@ def _status_once(args):
 
 def _running_row(row):
     path = row["dbdict.path"]
-    age, token = None, {}
+    age, token, top = None, {}, 0
     try:
         listing = jd.list_job(path)
         top = listing.claim_epoch
         if top:
             token = jd.read_claim(path, top)
-            age = booking.wallclock() - os.stat(os.path.join(path, jd.claim_name(top))).st_mtime
+            age = booking.claim_age(path, top)
     except (OSError, DbdictError):
         pass
+    overdue = booking.heartbeat_overdue(path, top, token) if token and row.get("dbdict.status") != "stale" else None
     return {"path": path, "status": row.get("dbdict.status"), "host": token.get("host", row.get("dbdict.host")),
             "pid": token.get("pid", row.get("dbdict.pid")), "cluster_job": token.get("cluster_job"),
             "attempts": row.get("dbdict.attempts"), "start": row.get("dbdict.start"),
-            "heartbeat_age": None if age is None else round(age, 1)}
+            "heartbeat_age": None if age is None else round(age, 1), "heartbeat_overdue": overdue is not None}
 
 
 # ---------------------------------------------------------------- show and logs

@@ -332,7 +332,7 @@ def run_claimed(held, opts, signals):
     if not booking.runnable_after_claim(held):
         booking.give_back(held)
         raise NotRunnable(f"{held.jobdir}: job is {book['status']}")
-    attempts = held.epoch - int(book.get("requeue_epoch", 0))
+    attempts = booking.run_attempts(held.jobdir, held.state, held.epoch)  # command claims never count
     if attempts > opts.max_attempts:
         book.update(status="failed", attempts=attempts - 1,
                     error=f"lost its worker or was killed {attempts - 1} times (max_attempts {opts.max_attempts})")
