@@ -135,19 +135,25 @@ def test_requeue_and_cancel_racing_workers_never_lose_results(tree):
     """Workers finish jobs while cancel/requeue sweep the tree: every job ends done (with its
     result) or canceled, each final state belongs to the top claim, and requeued ones rerun."""
     log = tree.parent / "log"
-    create_jobs(tree, [{"i": i, "log": str(log), "sleep": 0.05} for i in range(40)], experiment("append_log"))
+    create_jobs(tree, [{"i": i, "g3": i % 3, "g2": i % 2, "log": str(log), "sleep": 0.05} for i in range(40)],
+                experiment("append_log"))
     env = dict(os.environ, **FAST)
     workers = [subprocess.Popen(CLI + ["work", str(tree), "-q"], env=env) for _ in range(2)]
     try:
         for _ in range(3):
-            run_cli("cancel", tree, "--where", "i % 3 == 0", env=FAST)
-            run_cli("requeue", tree, "--status", "canceled", "--where", "i % 2 == 0", env=FAST)
+            # filters the parser accepts (an earlier `--where "i % 3 == 0"` was rejected, so
+            # the race raced nothing): each command must succeed
+            cancel = run_cli("cancel", tree, "--where", "g3 == 0", env=FAST)
+            assert cancel.returncode == 0, cancel.stderr
+            requeue = run_cli("requeue", tree, "--status", "canceled", "g2=0", env=FAST)
+            assert requeue.returncode == 0, requeue.stderr
         for w in workers:
             w.wait(120)
     finally:
         for w in workers:
             w.kill()
     assert run_cli("work", tree, "-q", env=FAST).returncode == 0
+    counts = {"cancel": 0, "requeue": 0}
     for path in jd.iter_jobdirs(str(tree)):
         state = read_state(path)
         book = state["dbdict"]
@@ -155,6 +161,16 @@ def test_requeue_and_cancel_racing_workers_never_lose_results(tree):
         assert book["status"] in ("done", "canceled"), book
         if book["status"] == "done":
             assert state["result"] == state["i"]
+        else:
+            assert state["g3"] == 0  # only what cancel selected was canceled
+        purposes = [json.load(open(os.path.join(path, f"claim.{e}")))["purpose"]
+                    for e in sorted(jd.list_job(path).claim_epochs)]
+        counts["cancel"] += purposes.count("cancel")
+        counts["requeue"] += purposes.count("requeue")
+        # command claims never count as attempts
+        assert book.get("attempts", 0) <= purposes[book.get("requeue_epoch", 0):].count("run"), repr((purposes, book))
+    # the commands really raced the workers: they changed jobs
+    assert counts["cancel"] > 0 and counts["requeue"] > 0, counts
 
 
 def test_show_and_logs(tree):
