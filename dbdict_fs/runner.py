@@ -657,6 +657,7 @@ def work(tree, *, max_jobs=None, wait=False, poll=None, select_rows=None, on_out
     with StopSignals() as signals:
         backoff = poll / 4
         while not signals.stop and (max_jobs is None or ran < max_jobs):
+            observer.ask_scheduler()  # scheduler-gone fast path: one squeue call per pass
             candidates = [c for c in scan(tree, select_rows) if c[0] not in damaged]
             random.shuffle(candidates)  # ties in priority go to different workers
             candidates.sort(key=lambda c: -(c[2] if isinstance(c[2], (int, float)) else 0.0))
