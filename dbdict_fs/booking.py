@@ -193,6 +193,10 @@ def link_claim(jobdir, epoch, token):
         raise WriteError(f"{jobdir}: cannot write a claim token: {exc.strerror or exc}") from exc
     try:
         os.link(tok, os.path.join(jobdir, jd.claim_name(epoch)))
+        if os.environ.get("DBDICT_TEST_LOST_LINK_REPLY"):
+            # Test seam: the link was made but its reply is lost, as an NFS client sees when a
+            # retransmitted LINK answers EEXIST. Only the link-count check below can tell.
+            raise OSError(errno.EEXIST, "simulated lost reply to LINK")
         return True
     except OSError as exc:
         # On NFS a retransmitted LINK can answer EEXIST although the first one succeeded:
