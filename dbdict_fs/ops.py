@@ -205,7 +205,7 @@ def _status_once(args):
             slurm_job = f"  slurm {r['cluster_job']}" if r.get("cluster_job") else ""
             late = "  (heartbeat overdue: its worker may be stopped or dead)" if r["heartbeat_overdue"] else ""
             print(f"  {r['status']:8} {r['path']}  host {r['host']} pid {r['pid']}{slurm_job}  "
-                  f"attempt {r['attempts']}  heartbeat {age} ago{late}")
+                  f"attempt {r['run']}  heartbeat {age} ago{late}")
     if failures:
         print("\nrecent failures:")
         for r in failures:
@@ -227,7 +227,7 @@ def _running_row(row):
     overdue = booking.heartbeat_overdue(path, top, token) if token and row.get("dbdict.status") != "stale" else None
     return {"path": path, "status": row.get("dbdict.status"), "host": token.get("host", row.get("dbdict.host")),
             "pid": token.get("pid", row.get("dbdict.pid")), "cluster_job": token.get("cluster_job"),
-            "attempts": row.get("dbdict.attempts"), "start": row.get("dbdict.start"),
+            "attempts": row.get("dbdict.attempts"), "run": row.get("dbdict.runs"), "start": row.get("dbdict.start"),
             "heartbeat_age": None if age is None else round(age, 1), "heartbeat_overdue": overdue is not None}
 
 
@@ -264,7 +264,10 @@ def cmd_show(args):
         return 0
     with open(os.path.join(args.jobdir, jd.CONFIG), encoding="utf-8", errors="replace") as f:
         print(f"# {args.jobdir}\n\n## config.yaml\n{f.read().rstrip()}")
-    print(f"\n## state (epoch {state['dbdict']['epoch']})")
+    book = state["dbdict"]
+    print(f"\n## state (epoch {book['epoch']})")
+    print(f"attempt {book.get('runs') or 0} ran last (`logs --attempt N` shows attempt N); "
+          f"{book.get('attempts') or 0} since the last requeue, which --max-attempts counts")
     print(json.dumps(state, indent=2, ensure_ascii=False))
     print("\n## claims")
     if not history:

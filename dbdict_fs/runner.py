@@ -320,8 +320,8 @@ def _open_log(path):
     return os.fdopen(fd, "ab")
 
 
-def _header(held, attempts, book):
-    return (f"==== dbdict attempt {attempts} (epoch {held.epoch}) host {book['host']} "
+def _header(held, run, book):
+    return (f"==== dbdict attempt {run} (epoch {held.epoch}) host {book['host']} "
             f"pid {book['pid']} started {book['start']} ====\n").encode()
 
 
@@ -351,7 +351,7 @@ def run_claimed(held, opts, signals):
 
             scratch = Scratch(paths.workdir, opts.scratch, keep_alive=held.keep_alive)
         with _open_log(paths.stdout) as out, _open_log(paths.stderr) as err:
-            header = _header(held, attempts, book)
+            header = _header(held, book["runs"], book)  # one numbering: the Nth header is run N
             out.write(header)
             err.write(header)
             out.flush()
