@@ -16,8 +16,12 @@ _EXPORTS = {
     "INCOMPLETE": "experiment",
     "Index": "index",
     "build_index": "index",
+    "cancel": "ops",
     "create_jobs": "create",
+    "requeue": "ops",
     "run_job": "runner",
+    "show": "ops",
+    "status": "ops",
     "work": "runner",
 }
 

@@ -192,3 +192,24 @@ def test_a_token_swept_during_a_stalled_link_means_try_the_next_job(tree):
         worker.kill()
     assert worker.returncode == 0, err
     assert all(read_state(j)["dbdict"]["status"] == "done" for j in jobs)
+
+
+def test_python_api_of_status_requeue_cancel_show_returns_data(tree):
+    import dbdict_fs
+
+    jobs = create_jobs(tree, [{"x": i} for i in range(3)], experiment("fails")).created
+    for job in jobs:
+        assert run_cli("run", job).returncode == 1
+    report = dbdict_fs.status(str(tree))
+    assert report["counts"] == {"failed": 3} and report["total"] == 3
+    assert dbdict_fs.requeue(str(tree), filters=["x=0"], dry_run=True)["changed"] == [{"path": jobs[0], "was": "failed"}]
+    assert read_state(jobs[0])["dbdict"]["status"] == "failed"  # a dry run changes nothing
+    done = dbdict_fs.requeue(str(tree), where="x < 2")
+    assert sorted(c["path"] for c in done["changed"]) == sorted(jobs[:2]) and done["errors"] == []
+    canceled = dbdict_fs.cancel(str(tree))["changed"]
+    assert sorted(c["path"] for c in canceled) == sorted(jobs[:2]) and {c["was"] for c in canceled} == {"ready"}
+    assert dbdict_fs.status(str(tree))["counts"] == {"canceled": 2, "failed": 1}
+    shown = dbdict_fs.show(jobs[2])
+    assert shown["config"]["x"] == 2 and shown["claims"][0]["purpose"] == "run"
+    with pytest.raises(dbdict_fs.DbdictError):
+        dbdict_fs.requeue(str(tree), status="finished")
