@@ -16,9 +16,13 @@ _EXPORTS = {
     "INCOMPLETE": "experiment",
     "Index": "index",
     "build_index": "index",
-    "history": "histories",
+    "cancel": "ops",
     "create_jobs": "create",
+    "history": "histories",
+    "requeue": "ops",
     "run_job": "runner",
+    "show": "ops",
+    "status": "ops",
     "work": "runner",
 }
 

@@ -27,6 +27,7 @@ from .errors import Fenced, JobNotFound, NotRunnable, UsageError, WriteError
 
 DEFAULT_LEASE = 600.0
 DEFAULT_HEARTBEAT = 30.0
+COMMAND_LEASE = 30.0  # a command killed after its link blocks the job for no longer (DESIGN 4)
 RUNNABLE_AFTER_STALE = ("ready", "running")
 FINAL = ("done", "failed", "canceled")
 
@@ -147,6 +148,17 @@ def check_timing(lease, heartbeat):
                          f"a worker could be judged dead while alive")
 
 
+def command_lease():
+    """(lease, heartbeat) of a command's claim: at most 30 s (env DBDICT_COMMAND_LEASE may
+    shorten it, for tests). Commands never heartbeat: they link, read, write and are done."""
+    try:
+        lease = float(os.environ.get("DBDICT_COMMAND_LEASE") or COMMAND_LEASE)
+    except ValueError:
+        lease = COMMAND_LEASE
+    lease = min(max(lease, 1.0), COMMAND_LEASE)
+    return lease, lease / 5
+
+
 # ---------------------------------------------------------------- claiming
 
 def make_token(identity, lease, heartbeat, purpose, worker=None):
@@ -181,6 +193,10 @@ def link_claim(jobdir, epoch, token):
         raise WriteError(f"{jobdir}: cannot write a claim token: {exc.strerror or exc}") from exc
     try:
         os.link(tok, os.path.join(jobdir, jd.claim_name(epoch)))
+        if os.environ.get("DBDICT_TEST_LOST_LINK_REPLY"):
+            # Test seam: the link was made but its reply is lost, as an NFS client sees when a
+            # retransmitted LINK answers EEXIST. Only the link-count check below can tell.
+            raise OSError(errno.EEXIST, "simulated lost reply to LINK")
         return True
     except OSError as exc:
         # On NFS a retransmitted LINK can answer EEXIST although the first one succeeded:
@@ -188,7 +204,9 @@ def link_claim(jobdir, epoch, token):
         # the truth. 2 = our token is also claim.<epoch>.
         if _fresh_nlink(tok) == 2:
             return True
-        if exc.errno == errno.EEXIST:
+        if exc.errno in (errno.EEXIST, errno.ENOENT):
+            # ENOENT: our token was swept as a transient while link() stalled for a lease:
+            # no claim was made, so this is a lost race like EEXIST (try the next job).
             return False
         raise WriteError(f"{jobdir}: cannot link claim.{epoch}: {exc.strerror or exc}") from exc
     finally:
@@ -230,9 +248,20 @@ class Observer:
     in a later one accumulates observation time. Only this process's CLOCK_BOOTTIME is used.
     """
 
-    def __init__(self, identity=None):
+    def __init__(self, identity=None, gone=None):
         self.identity = identity or Identity.current()
         self._seen = {}  # jobdir -> (epoch, signature, first boottime seen with it)
+        self.gone = set(gone or ())  # cluster jobs the scheduler reported gone (this pass)
+        self._cluster_jobs = set()  # cluster jobs named by the claims this observer saw held
+
+    def ask_scheduler(self):
+        """Scheduler-gone fast path (DESIGN 4): one batched squeue call for every cluster job
+        whose claim this observer saw held; those reported gone are stale at once. Call it
+        once per pass. Nothing changes where squeue is missing or does not answer."""
+        if not self._cluster_jobs:
+            return self.gone
+        self.gone = scheduler_gone(self._cluster_jobs)
+        return self.gone
 
     def holder_gone(self, jobdir, epoch, token, state=None):
         """Same-host fast path: the holder's pid is gone (or reused) and so is its experiment."""
@@ -251,6 +280,11 @@ class Observer:
             token = _read_token(jobdir, epoch)
         if self.holder_gone(jobdir, epoch, token, state):
             return True
+        job = (token or {}).get("cluster_job")
+        if job:
+            self._cluster_jobs.add(str(job))
+            if str(job) in self.gone:
+                return True
         if not wait:
             return False
         try:
@@ -307,6 +341,76 @@ def held_message(jobdir, epoch, token, booked=False):
         who += f" (cluster job {token['cluster_job']})"
     what = "booked" if booked else "running"
     return f"{jobdir}: {what} by {who} since {token.get('time', '?')} (claim.{epoch})"
+
+
+def scheduler_gone(cluster_jobs):
+    """The cluster jobs (SLURM tasks) that the scheduler reports gone, in one squeue call."""
+    ids = {str(j) for j in cluster_jobs if j}
+    if not ids:
+        return set()
+    from . import slurm  # only where a claim names a cluster job
+
+    return {j for j, gone in slurm.jobs_gone(ids).items() if gone}
+
+
+def claim_age(jobdir, epoch):
+    """Seconds since claim.<epoch>'s mtime by this host's wall clock, or None. A display hint
+    only (`heartbeat overdue`): never used to steal, requeue or cancel (clocks differ)."""
+    try:
+        return max(0.0, wallclock() - os.stat(os.path.join(jobdir, jd.claim_name(epoch))).st_mtime)
+    except OSError:
+        return None
+
+
+def derived_status(jobdir, top_claim, state, token=None, identity=None, gone=(), observer=None):
+    """The one derived status of a job (DESIGN 3, 4), for the index, status, requeue, cancel.
+
+    `top_claim` is the highest claim epoch listed, `state` the latest state. Returns `booked`
+    or `running` while a claim holds the job and `stale` only when booking can prove its
+    holder gone: the same-host fast path, the scheduler reporting its task gone (`gone`, or
+    `observer.gone`), or a long-lived `observer` that saw the claim unchanged for its lease.
+    Otherwise the written status. No wall clock is compared with a file's time here.
+    """
+    book = state["dbdict"]
+    s_epoch = book.get("epoch") or 0
+    if not (top_claim > s_epoch or (top_claim == s_epoch and top_claim > 0 and book.get("status") == "running")):
+        return "stale" if book.get("status") == "running" else book.get("status")
+    raw = "booked" if top_claim > s_epoch else "running"
+    if token is None:
+        token = _read_token(jobdir, top_claim)
+    gone = set(gone) | (observer.gone if observer else set())
+    if token.get("cluster_job") and str(token["cluster_job"]) in gone:
+        return "stale"
+    # A one-shot view has no observation history: only the fast paths apply (no waiting).
+    judge_by = observer or Observer(identity)
+    if judge_by.is_stale(jobdir, top_claim, token, state, wait=observer is not None):
+        return "stale"
+    return raw
+
+
+def heartbeat_overdue(jobdir, epoch, token):
+    """Seconds since the last heartbeat when more than two heartbeats have passed, else None
+    (by this host's clock: a hint for people, shown before the lease runs out)."""
+    age = claim_age(jobdir, epoch) if epoch else None
+    beat = (token or {}).get("heartbeat", DEFAULT_HEARTBEAT)
+    if isinstance(beat, bool) or not isinstance(beat, (int, float)) or beat <= 0:
+        beat = DEFAULT_HEARTBEAT
+    return round(age, 1) if age is not None and age > 2 * beat else None
+
+
+def run_attempts(jobdir, state, epoch):
+    """Run claims since the last requeue, up to `epoch` (DESIGN 4: command claims never count).
+
+    The latest state S carries the count up to S.epoch (its writer kept it); claims newer
+    than S wrote no state, so only their tokens are read: usually one.
+    """
+    book = state["dbdict"]
+    s_epoch, req = int(book.get("epoch", 0) or 0), int(book.get("requeue_epoch", 0) or 0)
+    count = 0 if req >= s_epoch else int(book.get("attempts", 0) or 0)
+    for k in range(max(s_epoch, req) + 1, epoch + 1):
+        if _read_token(jobdir, k).get("purpose", "run") == "run":
+            count += 1
+    return count
 
 
 class Claim:
@@ -380,7 +484,10 @@ class Claim:
             sig = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_nlink)
             first = self._transients.get(name)
             seen[name] = first if first is not None and first[0] == sig else (sig, now)
-            if now - seen[name][1] >= self.lease and (name.startswith(".tmp.") or st.st_nlink == 1):
+            # A token with link count 2 is also a claim whose maker was killed before unlinking
+            # it: removing that name leaves the claim. Heartbeats on the claim change the
+            # shared inode's times, so a live holder's token never looks unchanged for L.
+            if now - seen[name][1] >= self.lease:
                 _unlink(path)
                 del seen[name]
         self._transients = seen
@@ -449,8 +556,14 @@ def claim(jobdir, *, identity=None, observer=None, lease=DEFAULT_LEASE, heartbea
 
 
 def give_back(held):
-    """Every claim gets its state: re-commit the state unchanged under our epoch."""
+    """Every claim gets its state: re-commit the state unchanged under our epoch.
+
+    Never `running` under a claim that does not run it (DESIGN 4): a give-back that raced a
+    holder (whom our claim has now fenced) hands the job back as `ready`.
+    """
     state = held.state
+    if state["dbdict"].get("status") == "running":
+        state["dbdict"]["status"] = "ready"
     held.write_state(state)
     jd.remove_older_states(held.jobdir, held.epoch)
 

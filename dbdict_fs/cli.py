@@ -385,20 +385,25 @@ examples:
 
     p = add("requeue", cmd_requeue, "make failed, canceled or stale jobs ready again", f"""
 Make jobs ready again, safely while workers run (each change is a claim, DESIGN.md 4).
-By default failed, canceled and stale jobs; done ones only with --force.
+By default failed, canceled and stale jobs (stale: booking proved the holder gone).
+--force changes two things: without --status it also requeues done jobs, and it lets
+--status name running or booked jobs, whose live worker is then fenced at its next
+heartbeat (a person's decision: the attempt is lost; plain requeue never does that).
 
 examples:
   {prog} requeue tree                          # failed, canceled and stale jobs
   {prog} requeue tree --status failed lr=0.1 --priority 5
-  {prog} requeue tree --status done --force
+  {prog} requeue tree --force                  # also done jobs
+  {prog} requeue tree --status running --force arch=vit   # take live jobs back
 """)
     if p:
         p.add_argument("tree", metavar="TREE")
         _add_filters(p)
-        p.add_argument("--status", default="failed,canceled,stale", metavar="S,...",
-                       help="statuses to requeue (default failed,canceled,stale)")
+        p.add_argument("--status", default=None, metavar="S,...",
+                       help="statuses to requeue (default failed,canceled,stale; with --force also done)")
         p.add_argument("--priority", type=_number, help="the new priority")
-        p.add_argument("--force", action="store_true", help="allow requeuing done and running jobs")
+        p.add_argument("--force", action="store_true",
+                       help="also requeue done jobs, and allow --status running/booked (fences their live worker)")
         p.add_argument("--dry-run", action="store_true", help="list what would change")
         p.add_argument("-q", "--quiet", action="store_true", help="print only the summary line")
 

@@ -107,15 +107,20 @@ def claim_lease(token):
     return float(lease)
 
 
-def live_status(jobdir, raw_status, claim_epoch, lease, now):
-    """`stale` when the top claim's mtime (the heartbeat) is older than its lease, by our clock."""
-    if not claim_epoch:
-        return "stale"  # running with no claim at all: nobody can be heartbeating it
+def live_status(jobdir, raw_status, claim_epoch, row, identity=None):
+    """A running or booked job's derived status, decided by booking (the one place, DESIGN 4):
+    one claim read; `row` gives the state's epoch and the experiment's process group."""
+    from . import booking
+
+    book = {"epoch": row.get("dbdict.epoch") or 0, "pgid": row.get("dbdict.pgid"),
+            "status": "running" if raw_status == "booked" else raw_status}
+    if raw_status == "booked":
+        book["epoch"] = min(book["epoch"], claim_epoch - 1)
     try:
-        mtime = os.stat(os.path.join(jobdir, jd.claim_name(claim_epoch))).st_mtime
+        token = jd.read_claim(jobdir, claim_epoch) if claim_epoch else {}
     except OSError:
-        return "stale"
-    return "stale" if now - mtime > lease else raw_status
+        token = {}
+    return booking.derived_status(jobdir, claim_epoch, {"dbdict": book}, token=token, identity=identity)
 
 
 def read_job(jobdir, names, want_keys):
@@ -158,11 +163,7 @@ def read_job(jobdir, names, want_keys):
     lease = None
     status = raw_status
     if raw_status in LIVE:
-        try:
-            lease = claim_lease(jd.read_claim(jobdir, claim_epoch)) if claim_epoch else DEFAULT_LEASE
-        except OSError:
-            lease = DEFAULT_LEASE
-        status = live_status(jobdir, raw_status, claim_epoch, lease, time.time())
+        status = live_status(jobdir, raw_status, claim_epoch, row)
     row[STATUS] = status
     row[PATH] = jobdir
     return row, [epoch, claim_epoch, raw_status, lease, state_key]
@@ -317,9 +318,30 @@ def build_index(tree, cache=True, progress=False):
         raise UsageError(f"{tree}: not a directory")
     builder = _Builder(tree, tree_stat.st_dev, cache, progress)
     try:
-        return builder.build()
+        index = builder.build()
     finally:
         builder.close()
+    _mark_scheduler_gone(index.conn)
+    return index
+
+
+def _mark_scheduler_gone(conn):
+    """Running jobs whose SLURM task the scheduler reports gone are stale (DESIGN 4's
+    scheduler-gone fast path): one batched squeue call, and none where nothing names a task."""
+    cols = {d[1].lower() for d in conn.execute(f"PRAGMA table_info({TABLE})")}
+    if "dbdict.cluster_job" not in cols:
+        return
+    live = conn.execute(f"SELECT rowid, {quote('dbdict.cluster_job')} FROM {TABLE} WHERE {quote(STATUS)} "
+                        f"= 'running' AND {quote('dbdict.cluster_job')} IS NOT NULL").fetchall()
+    if not live:
+        return
+    from . import booking
+
+    gone = booking.scheduler_gone({str(job) for _, job in live})
+    if gone:
+        conn.executemany(f"UPDATE {TABLE} SET {quote(STATUS)} = 'stale' WHERE rowid = ?",
+                         [(rowid,) for rowid, job in live if str(job) in gone])
+        conn.commit()
 
 
 class _Builder:
@@ -462,7 +484,6 @@ class _Builder:
             values = {r[0]: r for r in cur}
             conn.close()
             keysets = old[0]["keysets"]
-            now = time.time()
             for rel, meta in kept:
                 vals = values[meta[8]]
                 row = {}
@@ -471,19 +492,25 @@ class _Builder:
                     if i is not None:
                         row[key] = vals[i]
                 if meta[4] in LIVE:
-                    row[STATUS] = live_status(row[PATH], meta[4], meta[3], meta[5], now)
+                    row[STATUS] = live_status(row[PATH], meta[4], meta[3], row)
                 out.append((rel, row, list(meta)))
         out.sort(key=lambda item: item[0])
         return out
 
     def _refresh_live(self, conn, kept):
-        """Cached running/booked jobs: `stale` depends on the clock and the claim's mtime."""
-        now = time.time()
-        updates = [(live_status(os.path.join(self.tree, rel), meta[4], meta[3], meta[5], now), meta[8])
-                   for rel, meta in kept if meta[4] in LIVE]
-        if updates:
-            conn.executemany(f"UPDATE {TABLE} SET {quote(STATUS)} = ? WHERE rowid = ?", updates)
-            conn.commit()
+        """Cached running/booked jobs: whether they are stale depends on their holder now."""
+        live = [(rel, meta) for rel, meta in kept if meta[4] in LIVE]
+        if not live:
+            return
+        cols = {d[1].lower() for d in conn.execute(f"PRAGMA table_info({TABLE})")}
+        pick = ", ".join(quote(c) if c in cols else "NULL" for c in ("dbdict.epoch", "dbdict.pgid"))
+        updates = []
+        for rel, meta in live:
+            epoch, pgid = conn.execute(f"SELECT {pick} FROM {TABLE} WHERE rowid = ?", (meta[8],)).fetchone()
+            row = {"dbdict.epoch": epoch, "dbdict.pgid": pgid}
+            updates.append((live_status(os.path.join(self.tree, rel), meta[4], meta[3], row), meta[8]))
+        conn.executemany(f"UPDATE {TABLE} SET {quote(STATUS)} = ? WHERE rowid = ?", updates)
+        conn.commit()
 
 
 # ---------------------------------------------------------------- the Python API

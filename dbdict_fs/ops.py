@@ -23,26 +23,15 @@ NEEDS_FORCE = ("done", "running", "booked")
 # ---------------------------------------------------------------- changing jobs
 
 def fresh_status(jobdir, listing, state, ask_slurm=False):
-    """The job's status now, derived as the index does (booked, stale), from fresh reads.
+    """The job's status now, from fresh reads, decided by booking (the one place, DESIGN 4).
 
     Decisions use this, not the status a row was selected by: a holder may have claimed
     the job since, and a command's claim fences whoever holds the job.
     """
-    from .index import claim_lease, live_status
-
-    book = state["dbdict"]
     top = listing.claim_epoch
-    raw = "booked" if top > book["epoch"] else book["status"]
-    if raw not in ("running", "booked"):
-        return raw
     token = jd.read_claim(jobdir, top) if top else {}
-    status = live_status(jobdir, raw, top, claim_lease(token), time.time())
-    if status != "stale" and ask_slurm and token.get("cluster_job"):
-        from . import slurm
-
-        if jobdir in slurm.gone_jobdirs([jobdir]):
-            status = "stale"
-    return status
+    gone = booking.scheduler_gone([token.get("cluster_job")]) if ask_slurm and token.get("cluster_job") else ()
+    return booking.derived_status(jobdir, top, state, token=token, gone=gone)
 
 
 def change_job(jobdir, transform, purpose, ask_slurm=False):
@@ -58,8 +47,9 @@ def change_job(jobdir, transform, purpose, ask_slurm=False):
         if transform(copy.deepcopy(state), None, status) is None:
             return False
         try:
+            lease, heartbeat = booking.command_lease()  # a killed command blocks the job <= 30 s
             held = booking.claim(jobdir, force=True, purpose=purpose, wait=False,
-                                 lease=booking.DEFAULT_LEASE, heartbeat=booking.DEFAULT_HEARTBEAT)
+                                 lease=lease, heartbeat=heartbeat)
             break
         except NotRunnable:  # a worker or another command claimed it meanwhile: look again
             if attempt == 4:
@@ -111,76 +101,99 @@ def cancel_transform():
     return transform
 
 
-def _select(tree, args):
+def _select(tree, filters=None, where=None, progress=False):
     from . import query
 
-    rows = query.select(tree, args, progress=not getattr(args, "quiet", False))
-    _mark_gone_cluster_jobs(rows)
+    # The index decides stale through booking, the scheduler-gone path included, so what
+    # status counts, query shows and requeue/cancel select is the same for every job.
+    rows = query.select(tree, filters=filters, where=where, progress=progress)
+    for row in rows:
+        if row.get("dbdict.status") == "stale" and row.get("dbdict.cluster_job"):
+            row["_slurm_gone"] = True  # change_job asks squeue again, for the claim it sees
     return rows
 
 
-def _mark_gone_cluster_jobs(rows):
-    """Running and booked jobs whose top claim was made in a SLURM job that squeue says is
-    over are stale now, without waiting for the lease (one squeue call; nothing changes
-    where squeue is missing or does not answer). Claims still fence any late holder."""
-    live = [r["dbdict.path"] for r in rows if r.get("dbdict.status") in ("running", "booked")]
-    if not live:
-        return
-    from . import slurm
-
-    gone = slurm.gone_jobdirs(live)
+def change_many(tree, transform_for, purpose, filters=None, where=None, dry_run=False, progress=False,
+                on_change=None):
+    """Apply a change to every selected job, each under its own claim. Returns
+    {"selected": N, "changed": [{"path", "was"}], "errors": [message]}."""
+    rows = _select(tree, filters, where, progress)
+    report = {"selected": len(rows), "changed": [], "errors": []}
     for row in rows:
-        if row["dbdict.path"] in gone:
-            row["dbdict.status"] = "stale"
-            row["_slurm_gone"] = True  # change_job asks squeue again, for the claim it sees
-
-
-def _change_many(args, transform_for, purpose, past):
-    rows = _select(args.tree, args)
-    changed = failed = 0
-    for row in rows:
-        path = row["dbdict.path"]
-        selected_as = row.get("dbdict.status")
+        path, selected_as = row["dbdict.path"], row.get("dbdict.status")
         transform = transform_for(selected_as)
         if transform is None:
             continue
-        if args.dry_run:
-            print(f"would be {past}: {path} ({selected_as})")
-            changed += 1
-            continue
         try:
-            if change_job(path, transform, purpose, ask_slurm=bool(row.get("_slurm_gone"))):
-                if not args.quiet:
-                    print(f"{past}: {path} (was {selected_as})")
-                changed += 1
+            if dry_run or change_job(path, transform, purpose, ask_slurm=bool(row.get("_slurm_gone"))):
+                report["changed"].append({"path": path, "was": selected_as})
+                if on_change:
+                    on_change(path, selected_as)
         except DbdictError as exc:
-            print(f"Error: {exc}", file=sys.stderr)
-            failed += 1
-    what = "would change" if args.dry_run else past
-    print(f"{what} {changed} of {len(rows)} selected jobs", file=sys.stderr)
-    return 2 if failed else 0
+            report["errors"].append(str(exc))
+    return report
 
 
-def cmd_requeue(args):
-    statuses = tuple(s.strip() for s in args.status.split(",") if s.strip())
+def requeue_statuses(status=None, force=False):
+    """The statuses `requeue` takes: failed, canceled, stale by default (+ done with --force);
+    done, running and booked only with force (running/booked: their live worker is fenced)."""
+    given = status is not None
+    if isinstance(status, str):
+        status = [s.strip() for s in status.split(",") if s.strip()]
+    statuses = tuple(status) if given else ("failed", "canceled", "stale")
     unknown = [s for s in statuses if s not in REQUEUEABLE]
     if unknown:
         raise UsageError(f"requeue --status: unknown status {unknown[0]!r} (one of {', '.join(REQUEUEABLE)})")
+    if force and not given:
+        statuses += ("done",)  # --force alone also requeues done jobs
     forced = [s for s in statuses if s in NEEDS_FORCE]
-    if forced and not args.force:
+    if forced and not force:
         raise UsageError(f"requeue --status {forced[0]}: add --force to requeue {forced[0]} jobs")
+    return statuses
+
+
+def requeue(tree, filters=None, where=None, status=None, priority=None, force=False, dry_run=False, **kw):
+    """Make selected jobs ready again (Python API of `dbdict requeue`); see change_many."""
+    statuses = requeue_statuses(status, force)
 
     def transform_for(selected_as):
-        return requeue_transform(statuses, args.priority) if selected_as in statuses else None
+        return requeue_transform(statuses, priority) if selected_as in statuses else None
 
-    return _change_many(args, transform_for, "requeue", "requeued")
+    return change_many(tree, transform_for, "requeue", filters, where, dry_run, **kw)
 
 
-def cmd_cancel(args):
+def cancel(tree, filters=None, where=None, dry_run=False, **kw):
+    """Cancel selected ready, running and stale jobs (Python API of `dbdict cancel`)."""
     def transform_for(selected_as):
         return cancel_transform() if selected_as in CANCELABLE else None
 
-    return _change_many(args, transform_for, "cancel", "canceled")
+    return change_many(tree, transform_for, "cancel", filters, where, dry_run, **kw)
+
+
+def _print_changes(args, run, past):
+    def said(path, was):
+        if args.dry_run:
+            print(f"would be {past}: {path} ({was})")
+        elif not args.quiet:
+            print(f"{past}: {path} (was {was})")
+
+    report = run(on_change=said, progress=not args.quiet)
+    for error in report["errors"]:
+        print(f"Error: {error}", file=sys.stderr)
+    what = "would change" if args.dry_run else past
+    print(f"{what} {len(report['changed'])} of {report['selected']} selected jobs", file=sys.stderr)
+    return 2 if report["errors"] else 0
+
+
+def cmd_requeue(args):
+    statuses = requeue_statuses(args.status, args.force)  # usage errors before any scan
+    return _print_changes(args, lambda **kw: requeue(args.tree, args.filters, args.where, statuses, args.priority,
+                                                     args.force, args.dry_run, **kw), "requeued")
+
+
+def cmd_cancel(args):
+    return _print_changes(args, lambda **kw: cancel(args.tree, args.filters, args.where, args.dry_run, **kw),
+                          "canceled")
 
 
 # ---------------------------------------------------------------- status
@@ -200,52 +213,61 @@ def cmd_status(args):
         return 0
 
 
-def _status_once(args):
-    rows = _select(args.tree, args)
+def status(tree, filters=None, where=None, progress=False):
+    """Counts per status and the running jobs (Python API of `dbdict status`):
+    {"counts": {status: N}, "total": N, "running": [...], "failed": [{"path", "error"}]}."""
+    rows = _select(tree, filters, where, progress)
     counts = {}
     for row in rows:
-        status = row.get("dbdict.status") or "corrupt"
-        counts[status] = counts.get(status, 0) + 1
+        st = row.get("dbdict.status") or "corrupt"
+        counts[st] = counts.get(st, 0) + 1
     running = [_running_row(r) for r in rows if r.get("dbdict.status") in ("running", "stale", "booked")]
     failures = sorted((r for r in rows if r.get("dbdict.status") == "failed"),
                       key=lambda r: str(r.get("dbdict.end") or ""), reverse=True)[:5]
+    return {"counts": counts, "total": len(rows), "running": running,
+            "failed": [{"path": r["dbdict.path"], "error": r.get("dbdict.error")} for r in failures]}
+
+
+def _status_once(args):
+    report = status(args.tree, args.filters, args.where, progress=not getattr(args, "quiet", False))
     if args.format == "json":
-        print(json.dumps({"counts": counts, "total": len(rows), "running": running,
-                          "failed": [{"path": r["dbdict.path"], "error": r.get("dbdict.error")} for r in failures]},
-                         indent=2))
+        print(json.dumps(report, indent=2))
         return 0
+    counts, running = report["counts"], report["running"]
     order = ("ready", "booked", "running", "stale", "done", "failed", "canceled", "corrupt")
     parts = [f"{counts[s]} {s}" for s in order if counts.get(s)]
-    print(f"{len(rows)} jobs: " + (", ".join(parts) if parts else "none"))
+    print(f"{report['total']} jobs: " + (", ".join(parts) if parts else "none"))
     if running:
         print("\nrunning:")
         for r in running:
             age = "?" if r["heartbeat_age"] is None else f"{r['heartbeat_age']:.0f}s"
             slurm_job = f"  slurm {r['cluster_job']}" if r.get("cluster_job") else ""
+            late = "  (heartbeat overdue: its worker may be stopped or dead)" if r["heartbeat_overdue"] else ""
             print(f"  {r['status']:8} {r['path']}  host {r['host']} pid {r['pid']}{slurm_job}  "
-                  f"attempt {r['attempts']}  heartbeat {age} ago")
-    if failures:
+                  f"attempt {r['run']}  heartbeat {age} ago{late}")
+    if report["failed"]:
         print("\nrecent failures:")
-        for r in failures:
-            print(f"  {r['dbdict.path']}: {r.get('dbdict.error') or '?'}")
+        for r in report["failed"]:
+            print(f"  {r['path']}: {r['error'] or '?'}")
     return 0
 
 
 def _running_row(row):
     path = row["dbdict.path"]
-    age, token = None, {}
+    age, token, top = None, {}, 0
     try:
         listing = jd.list_job(path)
         top = listing.claim_epoch
         if top:
             token = jd.read_claim(path, top)
-            age = booking.wallclock() - os.stat(os.path.join(path, jd.claim_name(top))).st_mtime
+            age = booking.claim_age(path, top)
     except (OSError, DbdictError):
         pass
+    overdue = booking.heartbeat_overdue(path, top, token) if token and row.get("dbdict.status") != "stale" else None
     return {"path": path, "status": row.get("dbdict.status"), "host": token.get("host", row.get("dbdict.host")),
             "pid": token.get("pid", row.get("dbdict.pid")), "cluster_job": token.get("cluster_job"),
-            "attempts": row.get("dbdict.attempts"), "start": row.get("dbdict.start"),
-            "heartbeat_age": None if age is None else round(age, 1)}
+            "attempts": row.get("dbdict.attempts"), "run": row.get("dbdict.runs"), "start": row.get("dbdict.start"),
+            "heartbeat_age": None if age is None else round(age, 1), "heartbeat_overdue": overdue is not None}
 
 
 # ---------------------------------------------------------------- show and logs
@@ -271,17 +293,25 @@ def attempt_history(jobdir):
     return out
 
 
+def show(jobdir):
+    """A job's config, latest state and claims (Python API of `dbdict show`)."""
+    _require_job(jobdir)
+    _, state = jd.read_latest_state(jobdir)
+    return {"path": jobdir, "config": jd.read_config(jobdir), "state": state, "claims": attempt_history(jobdir)}
+
+
 def cmd_show(args):
-    _require_job(args.jobdir)
-    config = jd.read_config(args.jobdir)
-    _, state = jd.read_latest_state(args.jobdir)
-    history = attempt_history(args.jobdir)
+    data = show(args.jobdir)
     if args.format == "json":
-        print(json.dumps({"path": args.jobdir, "config": config, "state": state, "claims": history}, indent=2))
+        print(json.dumps(data, indent=2))
         return 0
+    state, history = data["state"], data["claims"]
     with open(os.path.join(args.jobdir, jd.CONFIG), encoding="utf-8", errors="replace") as f:
         print(f"# {args.jobdir}\n\n## config.yaml\n{f.read().rstrip()}")
-    print(f"\n## state (epoch {state['dbdict']['epoch']})")
+    book = state["dbdict"]
+    print(f"\n## state (epoch {book['epoch']})")
+    print(f"attempt {book.get('runs') or 0} ran last (`logs --attempt N` shows attempt N); "
+          f"{book.get('attempts') or 0} since the last requeue, which --max-attempts counts")
     print(json.dumps(state, indent=2, ensure_ascii=False))
     print("\n## claims")
     if not history:

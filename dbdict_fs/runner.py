@@ -320,8 +320,8 @@ def _open_log(path):
     return os.fdopen(fd, "ab")
 
 
-def _header(held, attempts, book):
-    return (f"==== dbdict attempt {attempts} (epoch {held.epoch}) host {book['host']} "
+def _header(held, run, book):
+    return (f"==== dbdict attempt {run} (epoch {held.epoch}) host {book['host']} "
             f"pid {book['pid']} started {book['start']} ====\n").encode()
 
 
@@ -332,7 +332,7 @@ def run_claimed(held, opts, signals):
     if not booking.runnable_after_claim(held):
         booking.give_back(held)
         raise NotRunnable(f"{held.jobdir}: job is {book['status']}")
-    attempts = held.epoch - int(book.get("requeue_epoch", 0))
+    attempts = booking.run_attempts(held.jobdir, held.state, held.epoch)  # command claims never count
     if attempts > opts.max_attempts:
         book.update(status="failed", attempts=attempts - 1,
                     error=f"lost its worker or was killed {attempts - 1} times (max_attempts {opts.max_attempts})")
@@ -351,7 +351,7 @@ def run_claimed(held, opts, signals):
 
             scratch = Scratch(paths.workdir, opts.scratch, keep_alive=held.keep_alive)
         with _open_log(paths.stdout) as out, _open_log(paths.stderr) as err:
-            header = _header(held, attempts, book)
+            header = _header(held, book["runs"], book)  # one numbering: the Nth header is run N
             out.write(header)
             err.write(header)
             out.flush()
@@ -681,6 +681,7 @@ def work(tree, *, max_jobs=None, wait=False, poll=None, select_rows=None, on_out
     with StopSignals() as signals:
         backoff = poll / 4
         while not signals.stop and (max_jobs is None or ran < max_jobs):
+            observer.ask_scheduler()  # scheduler-gone fast path: one squeue call per pass
             candidates = [c for c in scan(tree, select_rows) if c[0] not in damaged]
             random.shuffle(candidates)  # ties in priority go to different workers
             candidates.sort(key=lambda c: -(c[2] if isinstance(c[2], (int, float)) else 0.0))

@@ -273,20 +273,33 @@ trap 'forward USR2' USR2
 trap 'forward TERM' TERM
 trap 'forward INT' INT
 
-"$PYTHON" -m dbdict_fs.cli {command} &
-WORKER_PID=$!
-[ -n "$SIGNALED" ] && kill -USR2 "$WORKER_PID" 2>/dev/null
-# `wait` returns early (> 128) when a trapped signal arrives: wait again for the real status.
-rc=
+# A worker that dies abnormally (kill -9, the OOM killer) while this task was not asked to
+# stop is replaced at once in this allocation: the new worker, on the same host, sees the
+# old one's pid and processes gone and takes its job over without waiting for the lease.
+RESTARTS=0
+MAX_RESTARTS=3
 while :; do
-  INTR=0
-  wait "$WORKER_PID"; r=$?
-  if [ "$r" = 127 ] && [ -n "$rc" ]; then break; fi
-  rc=$r
-  if [ "$INTR" = 1 ] && [ "$r" -gt 128 ]; then continue; fi
+  "$PYTHON" -m dbdict_fs.cli {command} &
+  WORKER_PID=$!
+  [ -n "$SIGNALED" ] && kill -USR2 "$WORKER_PID" 2>/dev/null
+  # `wait` returns early (> 128) when a trapped signal arrives: wait again for the real status.
+  rc=
+  while :; do
+    INTR=0
+    wait "$WORKER_PID"; r=$?
+    if [ "$r" = 127 ] && [ -n "$rc" ]; then break; fi
+    rc=$r
+    if [ "$INTR" = 1 ] && [ "$r" -gt 128 ]; then continue; fi
+    break
+  done
+  log "worker exited with code $rc"
+  if [ "$rc" -gt 128 ] && [ -z "$SIGNALED" ] && [ "$RESTARTS" -lt "$MAX_RESTARTS" ]; then
+    RESTARTS=$((RESTARTS + 1))
+    log "the worker died of signal $((rc - 128)): starting a new one ($RESTARTS of $MAX_RESTARTS)"
+    continue
+  fi
   break
 done
-log "worker exited with code $rc"
 
 # 3: the worker was stopped by a signal (or, for one job, it returned INCOMPLETE): its job is
 # ready again in the tree. Come back for it while runnable jobs remain -- after USR2 (the

@@ -370,3 +370,24 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["shim"]:
         sys.exit(shim_main(sys.argv[2:]))
     sys.exit("usage: procs.py shim --pidfile F --statusfile F [--start-file F] [--no-reap] -- ARGS")
+
+
+def dead_pid():
+    """A pid that certainly names no live process now (a child we started and reaped)."""
+    import subprocess as _sp
+
+    proc = _sp.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def token_dead_here(**extra):
+    """A claim token of a holder on *this* machine whose process is gone: booking's
+    same-host fast path proves it stale at once (DESIGN 4), without any clock."""
+    from dbdict_fs.booking import Identity
+
+    me = Identity.current()
+    token = {"host": me.host, "boot_id": me.boot_id, "pidns": me.pidns, "pid": dead_pid(),
+             "start_ticks": 1, "lease": 600, "heartbeat": 30, "purpose": "run", "time": "2026-01-01T00:00:00Z"}
+    token.update(extra)
+    return token

@@ -15,6 +15,8 @@ from dbdict_fs.index import build_index, cache_path
 needs_serialize = pytest.mark.skipif(not hasattr(sqlite3.Connection, "serialize"),
                                      reason="the index cache needs sqlite3 serialize (Python 3.11+)")
 
+from procs import token_dead_here
+
 
 @pytest.fixture(autouse=True)
 def cache_dir(tmp_path, monkeypatch):
@@ -188,16 +190,19 @@ def test_a_job_without_state_or_with_a_yaml_state(tmp_path):
 def test_booked_stale_and_running(tmp_path):
     tree = tmp_path / "tree"
     running = make_job(tree, {"x": 1}, status="running", epoch=1, claims=[TOKEN])
-    stale = make_job(tree, {"x": 2}, status="running", epoch=1, claims=[TOKEN])
-    backdate(os.path.join(stale, "claim.1"), 61)
+    stale = make_job(tree, {"x": 2}, status="running", epoch=1, claims=[token_dead_here()])
     booked = make_job(tree, {"x": 3}, claims=[TOKEN])
-    booked_stale = make_job(tree, {"x": 4}, claims=[TOKEN])
-    backdate(os.path.join(booked_stale, "claim.1"), 120)
-    no_lease = make_job(tree, {"x": 5}, status="running", epoch=1, claims=[{"host": "h"}])
-    backdate(os.path.join(no_lease, "claim.1"), 300)  # default lease 600 s: still running
+    booked_stale = make_job(tree, {"x": 4}, claims=[token_dead_here()])
+    # another host, heartbeat far older than its lease: booking cannot prove it dead from
+    # here without watching (no clock is compared across hosts): still running (DESIGN 4)
+    old = make_job(tree, {"x": 5}, status="running", epoch=1, claims=[TOKEN])
+    backdate(os.path.join(old, "claim.1"), 3600)
+    alive_here = make_job(tree, {"x": 6}, status="running", epoch=1,
+                          claims=[token_dead_here(pid=os.getpid(), start_ticks=None)])
     rows = by_path(build_index(str(tree), cache=False))
     assert {p: r["dbdict.status"] for p, r in rows.items()} == {
-        running: "running", stale: "stale", booked: "booked", booked_stale: "stale", no_lease: "running"}
+        running: "running", stale: "stale", booked: "booked", booked_stale: "stale", old: "running",
+        alive_here: "running"}
 
 
 # ---------------------------------------------------------------- the cache
@@ -233,8 +238,9 @@ def test_cache_skips_unchanged_jobs_and_sees_every_change(tmp_path):
     assert again.stats["reused"] == 7 and again.stats["read"] == 0
     assert by_path(again)[running]["dbdict.status"] == "running"
 
-    # a heartbeat that stops: the cached running job turns stale, without being re-read
-    backdate(os.path.join(running, "claim.1"), 120)
+    # its holder dies (same host, pid gone): the cached running job turns stale, unread
+    with open(os.path.join(running, "claim.1"), "w") as f:
+        json.dump(token_dead_here(), f)
     index = build_index(str(tree))
     assert index.stats["read"] == 0 and by_path(index)[running]["dbdict.status"] == "stale"
 

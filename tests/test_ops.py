@@ -14,6 +14,8 @@ from dbdict_fs import jobdir as jd
 from conftest import experiment, read_state, run_cli, wait_for
 
 CLI = [sys.executable, "-c", "import sys; from dbdict_fs.cli import main; sys.exit(main())"]
+from procs import token_dead_here
+
 FAST = {"DBDICT_LEASE": "2", "DBDICT_HEARTBEAT": "0.2"}
 
 
@@ -23,10 +25,11 @@ def status_json(tree, *filters):
     return json.loads(proc.stdout)
 
 
-def fake_running_elsewhere(job, lease, age):
-    """Make `job` look held by a worker of another host whose last heartbeat was `age` s ago."""
-    token = {"host": "otherhost", "boot_id": "other-boot", "pidns": "x", "pid": 1, "lease": lease,
-             "heartbeat": lease / 5, "purpose": "run", "time": "2026-01-01T00:00:00Z"}
+def fake_running_elsewhere(job, lease, age, token=None):
+    """Make `job` look held by a worker of another host whose last heartbeat was `age` s ago
+    (or by the holder `token` names)."""
+    token = token or {"host": "otherhost", "boot_id": "other-boot", "pidns": "x", "pid": 1, "lease": lease,
+                      "heartbeat": lease / 5, "purpose": "run", "time": "2026-01-01T00:00:00Z"}
     with open(os.path.join(job, "claim.1"), "w") as f:
         json.dump(token, f)
     state = read_state(job)
@@ -44,7 +47,9 @@ def mixed_tree(tree):
         jobs[name] = create_jobs(tree, [{"x": len(jobs) + 1, "kind": name}], experiment(exp)).created[0]
     assert run_cli("run", jobs["done"]).returncode == 0
     assert run_cli("run", jobs["failed"]).returncode == 1
-    fake_running_elsewhere(jobs["stale"], lease=5, age=60)
+    fake_running_elsewhere(jobs["stale"], lease=5, age=60, token=token_dead_here(lease=5))
+    jobs["overdue"] = create_jobs(tree, [{"x": 99, "kind": "overdue"}], experiment("double")).created[0]
+    fake_running_elsewhere(jobs["overdue"], lease=5, age=60)  # another host: no proof it is dead
     with open(os.path.join(jobs["booked"], "claim.1"), "w") as f:
         json.dump({"host": "otherhost", "pid": 1, "lease": 600}, f)
     with open(os.path.join(jobs["corrupt"], "state.0.yaml"), "w") as f:
@@ -55,12 +60,17 @@ def mixed_tree(tree):
 def test_status_counts_every_status(mixed_tree):
     tree, jobs = mixed_tree
     report = status_json(tree)
-    assert report["counts"] == {"done": 1, "failed": 1, "ready": 1, "stale": 1, "booked": 1, "corrupt": 1}
+    # stale only where booking proves the holder gone (here: same host, pid gone); a holder
+    # on another host whose heartbeat is a minute old is `running`, shown as overdue
+    assert report["counts"] == {"done": 1, "failed": 1, "ready": 1, "stale": 1, "booked": 1, "corrupt": 1,
+                                "running": 1}
     running = {r["path"]: r for r in report["running"]}
-    assert running[jobs["stale"]]["host"] == "otherhost" and running[jobs["stale"]]["heartbeat_age"] >= 59
+    assert running[jobs["overdue"]]["host"] == "otherhost" and running[jobs["overdue"]]["heartbeat_age"] >= 59
+    assert running[jobs["overdue"]]["heartbeat_overdue"] and not running[jobs["booked"]]["heartbeat_overdue"]
     assert report["failed"][0]["error"].startswith("ValueError")
     table = run_cli("status", tree)
-    assert table.returncode == 0 and "6 jobs" in table.stdout and "1 stale" in table.stdout
+    assert table.returncode == 0 and "7 jobs" in table.stdout and "1 stale" in table.stdout
+    assert "heartbeat overdue" in table.stdout
     assert "ValueError: bad x" in table.stdout
     assert status_json(tree, "kind=done")["counts"] == {"done": 1}
 
@@ -74,6 +84,7 @@ def test_requeue_defaults_to_failed_canceled_stale(mixed_tree):
     assert "requeued 2 of" in proc.stderr
     counts = status_json(tree)["counts"]
     assert counts.get("failed") is None and counts.get("stale") is None and counts["ready"] == 3
+    assert counts["running"] == 1  # the overdue job of another host is not taken without --force
     # the stale job was requeued under a new claim that fences its old holder
     book = read_state(jobs["stale"])["dbdict"]
     assert book["epoch"] == 2 and book["requeue_epoch"] == 2 and book["status"] == "ready"
@@ -95,7 +106,7 @@ def test_cancel_leaves_done_and_failed_alone(mixed_tree):
     tree, jobs = mixed_tree
     assert run_cli("cancel", tree).returncode == 0
     counts = status_json(tree)["counts"]
-    assert counts == {"done": 1, "failed": 1, "canceled": 3, "corrupt": 1}
+    assert counts == {"done": 1, "failed": 1, "canceled": 4, "corrupt": 1}
     assert run_cli("run", jobs["ready"]).returncode == 4
 
 
@@ -124,19 +135,25 @@ def test_requeue_and_cancel_racing_workers_never_lose_results(tree):
     """Workers finish jobs while cancel/requeue sweep the tree: every job ends done (with its
     result) or canceled, each final state belongs to the top claim, and requeued ones rerun."""
     log = tree.parent / "log"
-    create_jobs(tree, [{"i": i, "log": str(log), "sleep": 0.05} for i in range(40)], experiment("append_log"))
+    create_jobs(tree, [{"i": i, "g3": i % 3, "g2": i % 2, "log": str(log), "sleep": 0.05} for i in range(40)],
+                experiment("append_log"))
     env = dict(os.environ, **FAST)
     workers = [subprocess.Popen(CLI + ["work", str(tree), "-q"], env=env) for _ in range(2)]
     try:
         for _ in range(3):
-            run_cli("cancel", tree, "--where", "i % 3 == 0", env=FAST)
-            run_cli("requeue", tree, "--status", "canceled", "--where", "i % 2 == 0", env=FAST)
+            # filters the parser accepts (an earlier `--where "i % 3 == 0"` was rejected, so
+            # the race raced nothing): each command must succeed
+            cancel = run_cli("cancel", tree, "--where", "g3 == 0", env=FAST)
+            assert cancel.returncode == 0, cancel.stderr
+            requeue = run_cli("requeue", tree, "--status", "canceled", "g2=0", env=FAST)
+            assert requeue.returncode == 0, requeue.stderr
         for w in workers:
             w.wait(120)
     finally:
         for w in workers:
             w.kill()
     assert run_cli("work", tree, "-q", env=FAST).returncode == 0
+    counts = {"cancel": 0, "requeue": 0}
     for path in jd.iter_jobdirs(str(tree)):
         state = read_state(path)
         book = state["dbdict"]
@@ -144,6 +161,16 @@ def test_requeue_and_cancel_racing_workers_never_lose_results(tree):
         assert book["status"] in ("done", "canceled"), book
         if book["status"] == "done":
             assert state["result"] == state["i"]
+        else:
+            assert state["g3"] == 0  # only what cancel selected was canceled
+        purposes = [json.load(open(os.path.join(path, f"claim.{e}")))["purpose"]
+                    for e in sorted(jd.list_job(path).claim_epochs)]
+        counts["cancel"] += purposes.count("cancel")
+        counts["requeue"] += purposes.count("requeue")
+        # command claims never count as attempts
+        assert book.get("attempts", 0) <= purposes[book.get("requeue_epoch", 0):].count("run"), repr((purposes, book))
+    # the commands really raced the workers: they changed jobs
+    assert counts["cancel"] > 0 and counts["requeue"] > 0, counts
 
 
 def test_show_and_logs(tree):

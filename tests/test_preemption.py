@@ -152,9 +152,13 @@ def test_attempt_headers_record_every_attempt(tree):
     run_cli("run", job)
     headers = [line for line in open(os.path.join(job, "stdout")) if line.startswith("==== dbdict attempt")]
     assert len(headers) == 2 and "(epoch 1)" in headers[0] and "(epoch 2)" in headers[1]
+    # one numbering everywhere: header N is attempt N, `logs --attempt N` prints it, `show`
+    # and the state say the same (an INCOMPLETE return restarted max_attempts' count only)
+    assert headers[0].startswith("==== dbdict attempt 1 ") and headers[1].startswith("==== dbdict attempt 2 ")
     logs = run_cli("logs", job, "--attempt", "2")
-    assert logs.returncode == 0 and logs.stdout.startswith("==== dbdict attempt 1 (epoch 2)")
+    assert logs.returncode == 0 and logs.stdout.startswith("==== dbdict attempt 2 (epoch 2)")
     assert run_cli("logs", job, "--attempt", "3").returncode == 2
+    assert "attempt 2 ran last" in run_cli("show", job).stdout
 
 
 def test_no_orphan_after_kill_9(tree):

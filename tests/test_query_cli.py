@@ -14,6 +14,8 @@ from dbdict_fs import jobdir as jd
 from dbdict_fs.cli import fix_negative_sort
 from dbdict_fs.query import parse_value
 
+from procs import token_dead_here
+
 
 @pytest.fixture(autouse=True)
 def cache_dir(tmp_path, monkeypatch):
@@ -29,8 +31,7 @@ def sweep(tree):
                                     status="done", epoch=1, claims=[TOKEN], results={"valid_err": err})
     jobs["ready"] = make_job(tree, {"lr": 0.5, "seed": 9, "model": {"arch": "mlp", "depth": 50}})
     jobs["stale"] = make_job(tree, {"lr": 0.5, "seed": 10, "model": {"arch": "vit", "depth": 1}},
-                             status="running", epoch=1, claims=[TOKEN], host="otherhost")
-    backdate(os.path.join(jobs["stale"], "claim.1"), 3600)
+                             status="running", epoch=1, claims=[token_dead_here()], host="otherhost")
     jobs["corrupt"] = make_job(tree, {"lr": 0.5, "seed": 11})
     with open(os.path.join(jobs["corrupt"], "state.0.yaml"), "w") as f:
         f.write('{"truncated": ')

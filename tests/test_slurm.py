@@ -361,8 +361,7 @@ def test_status_shows_slurm_ids_and_job_gone_follows_squeue(slurm_cluster, tree)
     assert wait_for(lambda: job_status(job) == "ready", 10, what="the job to be ready"), all_logs(tree)
     text = logs(tree)[f"{task}.out"]
     assert "got SIGTERM" in text and "left: resubmitting" not in text and f"requeued {task}" not in text, text
-    if status.returncode != 0:
-        pytest.skip(f"`dbdict status` does not work yet: {status.stderr.strip()}")
+    assert status.returncode == 0, status.stderr
     import json
 
     running = json.loads(status.stdout)["running"]
@@ -383,11 +382,35 @@ def test_a_killed_task_leaves_its_job_running_until_gone_jobdirs_sees_it(slurm_c
     worker = read_state(job)["dbdict"]["pid"]
     with open(f"/proc/{worker}/stat") as f:
         batch = int(f.read().rsplit(")", 1)[1].split()[1])
+    os.kill(batch, signal.SIGKILL)  # the shell first: it would replace a worker that died alone
     os.kill(worker, signal.SIGKILL)
-    os.kill(batch, signal.SIGKILL)
     wait_gone(job_id, 60)
     assert job_status(job) == "running"  # nobody wrote: the lease (600 s) has not run out
     assert slurm.gone_jobdirs([job]) == {job}
+
+
+@pytest.mark.slurm
+def test_a_kill_9ed_worker_is_replaced_and_its_job_runs_again_within_60s(slurm_cluster, tree):
+    """kill -9 of the worker alone (OOM killer style): the task starts a new worker in its
+    allocation, which takes the job over by the same-host fast path, at the default lease
+    (600 s) and heartbeat (30 s): the job runs again within 60 s, then finishes."""
+    import signal
+
+    [job] = make_jobs(tree, "sleeper", [{"sleep": 6}])
+    job_id, _ = do_submit(tree, "--workers", "1", "--time", "10")
+    task = f"{job_id}_0"
+    wait_for(lambda: squeue_states(job_id).get(task) == "RUNNING" and job_status(job) == "running"
+             and os.path.exists(os.path.join(job, "workdir", "child.pid")), 60, what="the experiment to start")
+    first = read_state(job)["dbdict"]
+    os.kill(first["pid"], signal.SIGKILL)
+    killed = time.monotonic()
+    wait_for(lambda: job_status(job) in ("running", "done") and read_state(job)["dbdict"]["epoch"] > first["epoch"],
+             60, 0.25, "the job to run again")
+    assert time.monotonic() - killed < 60
+    again = read_state(job)["dbdict"]
+    assert again["pid"] != first["pid"] and again["cluster_job"] == task
+    wait_for(lambda: job_status(job) == "done", 60, 0.25, "the job to finish")
+    assert "starting a new one (1 of 3)" in logs(tree)[f"{task}.out"]
 
 
 @pytest.mark.slurm
