@@ -21,6 +21,8 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from query import best  # noqa: E402  (one timing helper for the benches)
 
 
 def write_tree(tree, n, steps=20):
@@ -54,17 +56,6 @@ def write_tree(tree, n, steps=20):
             json.dump({"host": "node17", "pid": 1234, "lease": 600.0, "heartbeat": 30.0}, f)
         for name in ("stdout", "stderr"):
             open(os.path.join(job, name), "w").close()
-
-
-def best(cmd, repeat, env):
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-        times.append(time.perf_counter() - start)
-        if proc.returncode != 0:
-            sys.exit(f"{' '.join(cmd)} failed: {proc.stderr.decode()}")
-    return min(times)
 
 
 def load_time(path):
