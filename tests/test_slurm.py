@@ -137,6 +137,12 @@ def wait_gone(job_id, timeout):
     wait_for(lambda: not squeue_states(job_id), timeout, 1.0, f"SLURM job {job_id} to finish")
 
 
+def dbdict_files(tree):
+    """What TREE/.dbdict/ holds beside the marker directory `create` makes."""
+    d = os.path.join(tree, ".dbdict")
+    return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+
 def logs(tree):
     d = os.path.join(tree, ".dbdict", "slurm", "logs")
     out = {}
@@ -225,7 +231,7 @@ def test_dry_run_prints_a_valid_script_and_writes_nothing(tree, tmp_path):
     assert '-m dbdict_fs.cli work "$TREE"' in script
     assert "kill -USR2" in script and "trap 'forward USR2' USR2" in script
     assert "scontrol requeue" in script
-    assert not os.path.exists(os.path.join(tree, ".dbdict"))  # nothing written
+    assert dbdict_files(tree) == []  # nothing written beside create's marker
     assert "dry run" in proc.stderr
     path = tmp_path / "check.sh"
     path.write_text(script)
@@ -237,7 +243,7 @@ def test_dry_run_prints_a_valid_script_and_writes_nothing(tree, tmp_path):
     assert '#SBATCH --array="0-2%2"' in proc.stdout.splitlines()
     assert "#SBATCH --requeue" not in proc.stdout and 'run "$JOB"' in proc.stdout
     assert "RESUBMIT=0" in proc.stdout
-    assert not os.path.exists(os.path.join(tree, ".dbdict"))
+    assert dbdict_files(tree) == []  # nothing written beside create's marker
 
 
 def test_usage_errors_are_one_line(tree):
@@ -250,7 +256,7 @@ def test_usage_errors_are_one_line(tree):
         proc = submit_cmd(tree, *args)
         assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1 and words in proc.stderr, proc.stderr
-    assert not os.path.exists(os.path.join(tree, ".dbdict"))
+    assert dbdict_files(tree) == []  # nothing written beside create's marker
 
 
 def test_sbatch_missing_or_failing_exits_2_and_leaves_nothing(tree, tmp_path):
@@ -261,7 +267,7 @@ def test_sbatch_missing_or_failing_exits_2_and_leaves_nothing(tree, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "sbatch" in proc.stderr, proc.stderr
     assert proc.stdout == ""
-    assert not os.path.exists(os.path.join(tree, ".dbdict"))
+    assert dbdict_files(tree) == []  # nothing written beside create's marker
 
     fake = empty / "sbatch"
     fake.write_text("#!/bin/sh\necho 'sbatch: error: Batch job submission failed: Invalid partition name' >&2\n"
@@ -271,7 +277,7 @@ def test_sbatch_missing_or_failing_exits_2_and_leaves_nothing(tree, tmp_path):
         proc = submit_cmd(tree, "--slurm", "--workers", "2", *extra, env={"PATH": str(empty)})
         assert proc.returncode == 2, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and "Invalid partition name" in proc.stderr
-        assert not os.path.exists(os.path.join(tree, ".dbdict"))
+        assert dbdict_files(tree) == []  # nothing written beside create's marker
 
     os.makedirs(os.path.join(tree, ".dbdict", "slurm"))  # an earlier submission's directory stays
     proc = submit_cmd(tree, "--slurm", "--workers", "2", env={"PATH": str(empty)})
