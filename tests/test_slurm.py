@@ -309,12 +309,13 @@ def test_three_workers_run_twenty_jobs_exactly_once(slurm_cluster, tree, tmp_pat
     log = tmp_path / "executions.log"
     jobs = make_jobs(tree, "append_log", [{"i": i, "log": str(log), "sleep": 0.2} for i in range(20)])
     job_id, script = do_submit(tree, "--workers", "3", "--time", "10")
-    wait_gone(job_id, 120)
+    wait_gone(job_id, 600)  # a busy cluster may start the tasks late: wait for them, not a time
     assert all(job_status(j) == "done" for j in jobs), all_logs(tree)
     lines = log.read_text().split()
     assert sorted(int(i) for i in lines[::2]) == list(range(20))  # every job ran, exactly once
+    # how many tasks got work depends on when the cluster started them, not on us
     tasks = {read_state(j)["dbdict"]["cluster_job"] for j in jobs}
-    assert tasks <= {f"{job_id}_{t}" for t in range(3)} and len(tasks) >= 2, tasks
+    assert tasks and tasks <= {f"{job_id}_{t}" for t in range(3)}, tasks
     assert sorted(logs(tree)) == [f"{job_id}_{t}.out" for t in range(3)]
     assert all("worker exited with code 0" in text for text in logs(tree).values()), all_logs(tree)
 
