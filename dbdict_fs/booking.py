@@ -272,6 +272,9 @@ class Observer:
         book = (state or {}).get("dbdict", {}) if isinstance(state, dict) else {}
         if book.get("epoch") == epoch and _group_alive(book.get("pgid")):
             return False
+        shepherd = book.get("shepherd") if book.get("epoch") == epoch else None
+        if isinstance(shepherd, list) and len(shepherd) == 2 and _alive(shepherd[0], shepherd[1]):
+            return False  # its shepherd is still ending the attempt's processes (DESIGN.md 5.2)
         return True
 
     def is_stale(self, jobdir, epoch, token=None, state=None, wait=True):

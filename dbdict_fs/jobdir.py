@@ -30,6 +30,7 @@ MAX_DEPTH = 100
 
 _STATE_RE = re.compile(r"^state\.(\d+)\.yaml$")
 _CLAIM_RE = re.compile(r"^claim\.(\d+)$")
+_WORKDIR_RE = re.compile(r"^workdir\.(\d+)$")  # attempt directories, DESIGN.md 5.1
 
 
 def unique_suffix():
@@ -77,6 +78,10 @@ class JobPaths:
     def state(self, epoch):
         return self._join(state_name(epoch))
 
+    def attempt_workdir(self, epoch):
+        """`workdir.<E>`: the working directory an attempt of epoch E created (DESIGN.md 5.1)."""
+        return self._join(workdir_name(epoch))
+
     def claim(self, epoch):
         return self._join(claim_name(epoch))
 
@@ -94,6 +99,16 @@ def state_name(epoch):
 
 def claim_name(epoch):
     return f"claim.{int(epoch)}"
+
+
+def workdir_name(epoch):
+    return f"{WORKDIR}.{int(epoch)}"
+
+
+def workdir_epoch(name):
+    """E of a `workdir.<E>` name, or None for any other name."""
+    m = _WORKDIR_RE.match(name) if name.startswith(WORKDIR + ".") else None
+    return int(m.group(1)) if m else None
 
 
 class Listing:

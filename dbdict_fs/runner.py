@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields
 
 from . import booking
 from . import jobdir as jd
+from . import workdir
 from .errors import CorruptJob, Fenced, JobNotFound, NotRunnable, UsageError, WriteError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_NOT_RUNNABLE = 0, 1, 2, 3, 4
@@ -165,54 +166,82 @@ class StopSignals:
 DEATH_SIGNAL = signal.SIGHUP  # dbdict_fs.child turns it into a kill of its whole process group
 
 
-def _child_preexec():
-    """In the child before exec: own process group, and a signal when the worker dies.
-
-    Not SIGKILL: that would end the experiment's process alone, orphaning whatever it
-    started; the child catches DEATH_SIGNAL and kills its process group (EOF on the
-    control pipe does the same, from a thread, if the main thread is stuck in C code).
-    """
-    os.setpgid(0, 0)
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, DEATH_SIGNAL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: the control pipe's EOF still ends the child
-    if os.getppid() == 1:
-        os._exit(70)  # the worker died before prctl took effect
+def _shepherd_preexec(worker):
+    """In the shepherd before exec: own process group (a terminal's ^C goes to the worker
+    only), and DEATH_SIGNAL when the worker dies (it then kills the whole attempt)."""
+    def preexec():
+        os.setpgid(0, 0)
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, DEATH_SIGNAL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # not Linux: the shepherd pipe's EOF still ends the attempt
+        if os.getppid() != worker:
+            os._exit(70)  # the worker died before prctl took effect
+    return preexec
 
 
-def _spawn_child(cwd, out, err, env_extra):
+def _spawn_child(cwd, out, err, env_extra, fence_after):
+    """Start the shepherd (dbdict_fs.shepherd), which starts the experiment (dbdict_fs.child)
+    with the control and result pipes passed through. Returns (proc, control, result_fd,
+    shepherd_fd, experiment pid)."""
     control_r, control_w = os.pipe()
     result_r, result_w = os.pipe()
+    shep_r, shep_w = os.pipe()
+    report_r, report_w = os.pipe()
     env = dict(os.environ, PYTHONUNBUFFERED="1", **env_extra)
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    theirs = (control_r, result_w, shep_r, report_w)
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dbdict_fs.child", str(control_r), str(result_w)],
+            [sys.executable, "-m", "dbdict_fs.shepherd", str(shep_r), str(report_w), repr(float(fence_after)),
+             f"{control_r},{result_w}", "--",
+             sys.executable, "-m", "dbdict_fs.child", str(control_r), str(result_w)],
             cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
-            pass_fds=(control_r, result_w), preexec_fn=_child_preexec, close_fds=True)
+            pass_fds=theirs, preexec_fn=_shepherd_preexec(os.getpid()), close_fds=True)
     except BaseException:
-        os.close(control_w)
-        os.close(result_r)
+        for fd in (control_w, result_r, shep_w, report_r):
+            os.close(fd)
         raise
     finally:
-        os.close(control_r)
-        os.close(result_w)
-    os.set_inheritable(control_w, False)
+        for fd in theirs:
+            os.close(fd)
+    for fd in (control_w, result_r, shep_w, report_r):
+        os.set_inheritable(fd, False)
     # Non-blocking: a process the experiment forked may hold the pipe's write end open after
     # the experiment itself died, so reads must never wait for an EOF that may not come.
     os.set_blocking(result_r, False)
-    return proc, os.fdopen(control_w, "w", encoding="utf-8"), result_r
+    os.set_blocking(shep_w, False)  # a ping must never block the worker (a stopped shepherd)
+    exp_pid = None
+    data = b""
+    deadline = time.monotonic() + 60
+    try:
+        while b"\n" not in data and time.monotonic() < deadline:
+            ready, _, _ = select.select([report_r], [], [], 1.0)
+            if ready:
+                chunk = os.read(report_r, 64)
+                if not chunk:
+                    break
+                data += chunk
+        if data.startswith(b"pid "):
+            exp_pid = int(data.split()[1])
+    finally:
+        os.close(report_r)
+    return proc, os.fdopen(control_w, "w", encoding="utf-8"), result_r, shep_w, exp_pid
 
 
 class Child:
     """The worker's handle on the experiment process and its two pipes."""
 
-    def __init__(self, cwd, out, err, env_extra):
-        self.proc, self._control, self.result_fd = _spawn_child(cwd, out, err, env_extra)
-        self.pid = self.proc.pid
+    def __init__(self, cwd, out, err, env_extra, fence_after=300.0):
+        self.proc, self._control, self.result_fd, self._shepherd, pid = _spawn_child(
+            cwd, out, err, env_extra, fence_after)
+        self.shepherd = [self.proc.pid, booking.process_start_ticks(self.proc.pid)]
+        if pid is None:  # the shepherd could not start the experiment
+            self.close()
+            raise OSError(errno.ECHILD, "the experiment's shepherd did not start it")
+        self.pid = pid  # the experiment's process, leader of its own process group
         self._buf = b""
         self.eof = False
 
@@ -246,22 +275,46 @@ class Child:
                 continue
         return out
 
+    def _to_shepherd(self, data):
+        if self._shepherd is None:
+            return
+        try:
+            os.write(self._shepherd, data)
+        except OSError:
+            pass  # gone (its exit is noticed) or not reading (stopped): nothing to wait for
+
+    def ping(self):
+        """Tell the experiment and its shepherd that the worker lives (after a heartbeat)."""
+        self.send({"op": "ping"})
+        self._to_shepherd(b"p")
+
     def kill(self):
-        for target in (lambda: os.killpg(self.pid, signal.SIGKILL), lambda: self.proc.kill()):
+        """End every process of the attempt: the shepherd kills them all, then exits."""
+        self._to_shepherd(b"k")
+        if getattr(self, "pid", None):
             try:
-                target()
+                os.killpg(self.pid, signal.SIGKILL)  # at once; the shepherd sweeps the rest
             except (ProcessLookupError, PermissionError, OSError):
                 pass
 
     def wait(self, timeout):
         try:
-            return self.proc.wait(timeout)
+            return self._code(self.proc.wait(timeout))
         except subprocess.TimeoutExpired:
             self.kill()
-            return self.proc.wait()
+            try:
+                return self._code(self.proc.wait(30))
+            except subprocess.TimeoutExpired:
+                self.proc.kill()  # a shepherd that cannot finish (a process stuck in D state)
+                return self._code(self.proc.wait())
+
+    @staticmethod
+    def _code(code):
+        """The shepherd reports a signal death of the experiment as 128 + N."""
+        return -(code - 128) if code is not None and code > 128 else code
 
     def exited(self):
-        """Whether the experiment's process has ended (its pipe may still be held open)."""
+        """Whether the attempt has ended: the shepherd exits once every process is gone."""
         return self.proc.poll() is not None
 
     def close(self):
@@ -270,7 +323,10 @@ class Child:
                 closer()
             except OSError:
                 pass
-        self.kill()  # anything left in its process group goes too
+        self.kill()  # anything left goes too
+        if self._shepherd is not None:
+            os.close(self._shepherd)  # EOF: the shepherd ends the attempt even if "k" was lost
+            self._shepherd = None
         try:
             self.proc.wait(5)  # reap it: a long work loop must not collect zombies
         except subprocess.TimeoutExpired:
@@ -345,19 +401,23 @@ def run_claimed(held, opts, signals):
     resume = book["runs"] > 1
     scratch = None
     try:
-        os.makedirs(paths.workdir, exist_ok=True)
+        # The attempt's own directory (DESIGN.md 5.1), resolved once: the experiment's cwd
+        # and any --scratch sync-back use it, never the `workdir` name.
+        source = workdir.committed_name(held.jobdir, held.state)
+        cwd, wname, _ = workdir.prepare(held, workdir.clean_start(held), held.keep_alive)
+        book["workdir"] = wname
         if opts.scratch:
             from .scratch import Scratch
 
-            scratch = Scratch(paths.workdir, opts.scratch, keep_alive=held.keep_alive)
+            scratch = Scratch(cwd, opts.scratch, keep_alive=held.keep_alive)
         with _open_log(paths.stdout) as out, _open_log(paths.stderr) as err:
             header = _header(held, book["runs"], book)  # one numbering: the Nth header is run N
             out.write(header)
             err.write(header)
             out.flush()
             err.flush()
-            child = Child(scratch.path if scratch else paths.workdir, out, err,
-                          {"DBDICT_JOBDIR": os.path.abspath(held.jobdir)})
+            child = Child(scratch.path if scratch else cwd, out, err,
+                          {"DBDICT_JOBDIR": os.path.abspath(held.jobdir)}, opts.lease / 2)
     except OSError as exc:
         if scratch:
             scratch.remove()
@@ -368,17 +428,22 @@ def run_claimed(held, opts, signals):
         raise
     try:
         book["pgid"] = child.pid
+        book["shepherd"] = child.shepherd
         try:
             held.write_state(state)
         except (Fenced, WriteError):
             child.close()
             raise
+        workdir.commit(held.jobdir, wname, source)
         jd.remove_older_states(held.jobdir, held.epoch)
         init_state = copy.deepcopy(state)
         child.send({"op": "init", "state": init_state, "experiment": book["experiment"],
                     "pythonpath": book.get("pythonpath") or [], "resume": resume,
                     "fence_after": opts.lease / 2})
-        return _Attempt(held, opts, signals, child, state, scratch).loop()
+        attempt = _Attempt(held, opts, signals, child, state, scratch)
+        if scratch:
+            scratch.keep_alive = attempt.keep_alive  # syncs longer than L/2 keep pinging
+        return attempt.loop()
     finally:
         child.close()
         if scratch:
@@ -520,8 +585,12 @@ class _Attempt:
         if not self.held.keep_alive():
             return True
         if due:
-            self.child.send({"op": "ping"})
+            self.child.ping()
         return False
+
+    def keep_alive(self):
+        """For long steps inside the loop (scratch syncs): beat, ping; True while we hold."""
+        return not self._heartbeat()
 
     def _wait_child(self, timeout):
         """Wait for the experiment's process to exit, heartbeating (and pinging it) meanwhile:
@@ -530,7 +599,7 @@ class _Attempt:
         while True:
             now = booking.boottime()
             try:
-                return self.child.proc.wait(max(0.0, min(self.held.next_beat, deadline) - now))
+                return self.child._code(self.child.proc.wait(max(0.0, min(self.held.next_beat, deadline) - now)))
             except subprocess.TimeoutExpired:
                 pass
             now = booking.boottime()
@@ -560,6 +629,7 @@ class _Attempt:
         now = booking.boottime()
         book.update(end=booking.utc_iso(), duration=round(now - self.started, 3))
         book.pop("pgid", None)
+        book.pop("shepherd", None)
         if msg.get("op") == "result" and msg.get("returned") == "complete":
             book.update(status="done", returned="complete")
             return _commit(self.held, state, EXIT_OK, f"{self.held.jobdir}: done")

@@ -62,7 +62,7 @@ def experiment_processes(tree):
             cwd = os.readlink(f"/proc/{name}/cwd")
         except OSError:
             continue
-        if b"dbdict_fs.child" in cmdline and (cwd == tree or cwd.startswith(tree + os.sep)) \
+        if b"dbdict_fs.child" in cmdline and b"dbdict_fs.shepherd" not in cmdline and (cwd == tree or cwd.startswith(tree + os.sep)) \
                 and not pid_gone(int(name)):
             found.append(int(name))
     return found

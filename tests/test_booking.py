@@ -264,10 +264,12 @@ def test_fast_path_when_init_does_not_reap(tree, hosts, reap):
     job = make_jobs(tree, [{"sleep": 3}], "sleeper")[0]
     a = hosts.add(["work", tree, "--lease", 60, "--heartbeat", 1], name="A", reap=reap)
     wait_for(lambda: state_is(job, "running", 1) and child_pid(job), 60, what="A to run the job")
-    orphan = child_pid(job)
+    experiment = child_pid(job)
     assert state_is(job, "running", 1)
+    orphan = latest(job)[1]["dbdict"]["shepherd"][0]  # the shepherd reaps the experiment; it is the orphan
     a.kill9()
-    wait_for(lambda: procs.proc_state(orphan) == "Z", 10, what="the experiment to die (a zombie)")
+    wait_for(lambda: pid_gone(experiment), 10, what="the experiment to die")
+    wait_for(lambda: procs.proc_state(orphan) == "Z", 10, what="the attempt's shepherd to die (a zombie)")
     assert procs.proc_state(a.pid) == ("Z" if reap == "none" else None)
     taken = run_cli("run", job, "--lease", 60, "--heartbeat", 1)
     assert taken.returncode == 0, taken.stderr
@@ -292,7 +294,7 @@ def test_no_orphan_after_kill9(tree, hosts):
     a = hosts.add(["work", tree, "--lease", 60, "--heartbeat", 1], name="A")
     wait_for(lambda: child_pid(job), 60, what="the experiment to start")
     child = child_pid(job)
-    assert not pid_gone(child) and procs.proc_ppid(child) == a.pid
+    assert not pid_gone(child) and procs.proc_ppid(procs.proc_ppid(child)) == a.pid  # via its shepherd
     assert procs.experiment_processes(tree) == [child]
     a.kill9()
     t0 = time.monotonic()

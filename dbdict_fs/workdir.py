@@ -1,0 +1,202 @@
+"""The fenced workdir (DESIGN.md 5.1): per-attempt directories `workdir.<E>` and a symlink.
+
+`JOBDIR/workdir` is a relative symlink to the committed attempt directory; the latest state
+names it too (`dbdict.workdir`), and that name, not the symlink, is what the next attempt
+starts from. An attempt whose predecessor may still be alive (a steal by lease expiry)
+works in a fresh `workdir.<E>` built as a hard-link copy of the committed directory, so a
+fenced attempt's late tmp + rename (its cwd follows the inode) or `--scratch` sync-back
+lands only in its own old directory. A clean start (the previous run attempt ended and
+committed, or was seen dead on this host together with its shepherd) reuses the committed
+directory in place: O(1), and the experiment's cwd stays the same path across resumes.
+
+Old directories: when an attempt commits `running` in a new directory, every other
+`workdir.<n>` with n < E except the one it started from is removed; the one it started
+from goes at the next new directory. Removing a directory a stale attempt may still use
+cannot change the committed one (its files are other names of the same inodes, or other
+inodes), so this only bounds disk use.
+"""
+
+import errno
+import os
+import shutil
+import stat
+
+from . import jobdir as jd
+
+# An attempt heartbeats (keep_alive) every this many files while it builds its copy.
+_BEAT_EVERY = 200
+
+
+def committed_name(jobdir, state):
+    """The name (`workdir.<n>`) of the committed attempt directory, or None if there is none.
+
+    The latest state's `dbdict.workdir` first; then the symlink's target; then the newest
+    `workdir.<n>` (a holder that died between building its directory and committing)."""
+    names = _names(jobdir)
+    book = state.get("dbdict", {}) if isinstance(state, dict) else {}
+    name = book.get("workdir")
+    if isinstance(name, str) and jd.workdir_epoch(name) is not None and name in names:
+        return name
+    try:
+        target = os.readlink(jd.JobPaths(jobdir).workdir)
+        if jd.workdir_epoch(target) is not None and target in names:
+            return target
+    except OSError:
+        pass
+    epochs = [jd.workdir_epoch(n) for n in names]
+    epochs = [e for e in epochs if e is not None]
+    return jd.workdir_name(max(epochs)) if epochs else None
+
+
+def _names(jobdir):
+    try:
+        return set(os.listdir(jobdir))
+    except OSError:
+        return set()
+
+
+def convert_old_layout(jobdir, epoch):
+    """A `workdir` that is a real directory (what `create` makes) becomes `workdir.<epoch>`
+    with `workdir` a symlink to it. Same contents, so any holder may do it at any time."""
+    paths = jd.JobPaths(jobdir)
+    try:
+        st = os.lstat(paths.workdir)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        return
+    name = jd.workdir_name(epoch)
+    try:
+        os.rename(paths.workdir, os.path.join(jobdir, name))
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return  # someone else converted it first
+        raise
+    point_link(jobdir, name)
+
+
+def point_link(jobdir, name):
+    """Repoint the `workdir` symlink at `name` (temporary symlink + rename, like state.yaml)."""
+    with jd.replacing(jd.JobPaths(jobdir).workdir) as tmp:
+        os.symlink(name, tmp)
+
+
+def link_copy(src, dst, keep_alive=None):
+    """Build `dst` as a hard-link copy of `src`: mkdir per directory, os.link per file,
+    symlinks copied. O(files), never O(bytes). `keep_alive()` False stops it (returns False)."""
+    count = 0
+    os.mkdir(dst)
+    for top, dirs, files in os.walk(src):
+        rel = os.path.relpath(top, src)
+        out = dst if rel == "." else os.path.join(dst, rel)
+        for d in list(dirs):
+            s = os.path.join(top, d)
+            if os.path.islink(s):
+                dirs.remove(d)
+                os.symlink(os.readlink(s), os.path.join(out, d))
+            else:
+                os.mkdir(os.path.join(out, d))
+        for f in files:
+            s, t = os.path.join(top, f), os.path.join(out, f)
+            try:
+                st = os.lstat(s)
+            except FileNotFoundError:
+                continue  # a stale writer's temporary file, renamed meanwhile
+            if stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(s), t)
+            elif stat.S_ISREG(st.st_mode):
+                try:
+                    os.link(s, t, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    if exc.errno not in (errno.EMLINK, errno.EPERM, errno.EXDEV):
+                        raise
+                    shutil.copy2(s, t)
+            count += 1
+            if keep_alive is not None and count % _BEAT_EVERY == 0 and not keep_alive():
+                return False
+    return True
+
+
+def prepare(held, clean, keep_alive=None):
+    """The attempt directory of claim `held` (a path), built as DESIGN.md 5.1 says.
+
+    `clean`: no earlier attempt can still write into the committed directory, so it is
+    reused in place; otherwise a hard-link copy `workdir.<E>` is built. Returns
+    (path, name, new) where `new` says a fresh directory was built."""
+    jobdir = held.jobdir
+    convert_old_layout(jobdir, int(held.state["dbdict"].get("epoch", 0)))
+    source = committed_name(jobdir, held.state)
+    if source is None:  # no workdir at all (first run of a hand-made job): start empty
+        name = jd.workdir_name(held.epoch)
+        path = os.path.join(jobdir, name)
+        os.makedirs(path, exist_ok=True)
+        return path, name, True
+    if clean:
+        return os.path.join(jobdir, source), source, False
+    name = jd.workdir_name(held.epoch)
+    path = os.path.join(jobdir, name)
+    if os.path.lexists(path):  # only claim E builds workdir.<E>: a leftover of no one
+        shutil.rmtree(path, ignore_errors=True)
+    if not link_copy(os.path.join(jobdir, source), path, keep_alive):
+        shutil.rmtree(path, ignore_errors=True)
+        from .errors import Fenced
+
+        raise Fenced(f"{jobdir}: this worker no longer holds the job: workdir copy stopped")
+    return path, name, True
+
+
+def commit(jobdir, name, source=None):
+    """After the `running` state naming `name` was written: point `workdir` at the directory
+    the latest state names (a stale holder's late call thus converges on the newest), then
+    remove old attempt directories other than `name` and `source`."""
+    for _ in range(5):
+        try:
+            _, state = jd.read_latest_state(jobdir)
+        except Exception:  # noqa: BLE001 - the link is for people; the state decides
+            return
+        want = committed_name(jobdir, state)
+        if want is None:
+            return
+        try:
+            point_link(jobdir, want)
+        except OSError:
+            return
+        try:
+            if os.readlink(jd.JobPaths(jobdir).workdir) == committed_name(jobdir, jd.read_latest_state(jobdir)[1]):
+                break
+        except Exception:  # noqa: BLE001
+            break
+    mine = jd.workdir_epoch(name)
+    if want != name:
+        return  # a newer attempt committed: it removes what is old
+    for other in _names(jobdir):
+        e = jd.workdir_epoch(other)
+        if e is not None and e < mine and other not in (name, source):
+            shutil.rmtree(os.path.join(jobdir, other), ignore_errors=True)
+
+
+def clean_start(held):
+    """Whether no earlier attempt can still write into the committed directory, so claim
+    `held` may reuse it in place: the state it starts from is the previous claim's own, and
+    that claim was a run that ended and committed `ready` (its shepherd saw every process
+    gone first), or its holder and shepherd are seen gone on this host. Anything else (a
+    steal by lease expiry, a requeue or cancel command in between) builds a copy."""
+    from . import booking
+
+    book = held.state["dbdict"]
+    prev = int(book.get("epoch", 0))
+    if prev != held.epoch - 1:
+        return False
+    if prev == 0:
+        return True  # the first run after create
+    try:
+        token = jd.read_claim(held.jobdir, prev)
+    except Exception:  # noqa: BLE001 - unreadable: assume the worst
+        return False
+    if not isinstance(token, dict):
+        return False
+    if book.get("status") == "ready" and token.get("purpose", "run") == "run" and book.get("end"):
+        return True
+    return booking.Observer(booking.Identity.current()).holder_gone(held.jobdir, prev, token, held.state)
