@@ -1,0 +1,58 @@
+"""What starting an attempt costs under the fenced workdir (DESIGN 5.1), against a byte copy
+measured in the same run: a steal from a possibly-live holder builds a hard-link copy
+(O(files)), a clean resume reuses the directory (O(1)).
+
+    .venv/bin/python bench/fence.py [--files 1000] [--gib 1.0]
+"""
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from dbdict_fs import workdir  # noqa: E402
+
+
+def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def case(tmp, name, files, size):
+    src = os.path.join(tmp, f"{name}-src")
+    os.makedirs(src)
+    chunk = os.urandom(min(size, 1 << 20))
+    for i in range(files):
+        with open(os.path.join(src, f"f{i:05d}"), "wb") as f:
+            left = size
+            while left > 0:
+                f.write(chunk[:left])
+                left -= len(chunk)
+    link = timed(lambda: workdir.link_copy(src, os.path.join(tmp, f"{name}-link")))
+    copy = timed(lambda: shutil.copytree(src, os.path.join(tmp, f"{name}-copy")))
+    moved = os.path.join(tmp, f"{name}-moved")
+    resume = timed(lambda: os.rename(src, moved))  # what a clean resume costs at most (it reuses in place)
+    return link, copy, resume
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--files", type=int, default=1000, help="files in the many-files workdir")
+    ap.add_argument("--gib", type=float, default=1.0, help="size of the one-big-file workdir (GiB)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
+        rows = [(f"{args.files} files of 4 KiB", *case(tmp, "many", args.files, 4096)),
+                (f"1 file of {args.gib:g} GiB", *case(tmp, "big", 1, int(args.gib * (1 << 30))))]
+    print(f"{'workdir':24} {'steal (links)':>14} {'byte copy':>10} {'ratio':>7} {'resume':>9}")
+    for name, link, copy, resume in rows:
+        print(f"{name:24} {link:13.4f}s {copy:9.4f}s {link / copy:7.3f} {resume:8.6f}s")
+
+
+if __name__ == "__main__":
+    main()
