@@ -213,3 +213,32 @@ def test_python_api_of_status_requeue_cancel_show_returns_data(tree):
     assert shown["config"]["x"] == 2 and shown["claims"][0]["purpose"] == "run"
     with pytest.raises(dbdict_fs.DbdictError):
         dbdict_fs.requeue(str(tree), status="finished")
+
+
+def test_a_worker_takes_a_job_whose_scheduler_task_is_gone_at_once(tree, tmp_path):
+    """The scheduler-gone fast path for workers (DESIGN 4): a claim whose token names a SLURM
+    task that squeue no longer lists is stale at once, not after its 600 s lease. squeue here
+    is a stand-in on PATH that lists no job (what the real one prints for a finished task)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    squeue = bin_dir / "squeue"
+    squeue.write_text("#!/bin/sh\necho \"$@\" >> \"$(dirname \"$0\")/calls\"\nexit 0\n")
+    squeue.chmod(0o755)
+    job = create_jobs(tree, [{"x": 8}], experiment("double")).created[0]
+    token = {"host": "node3", "boot_id": "other", "pidns": "x", "pid": 1, "lease": 600, "heartbeat": 30,
+             "purpose": "run", "cluster_job": "4242_0", "time": "2026-01-01T00:00:00Z"}
+    with open(os.path.join(job, "claim.1"), "w") as f:
+        json.dump(token, f)
+    state = read_state(job)
+    state["dbdict"].update(status="running", epoch=1, cluster_job="4242_0")
+    jd.write_state_file(job, 1, state)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", DBDICT_HOST="node4",
+               DBDICT_LEASE="600", DBDICT_HEARTBEAT="2")
+    worker = subprocess.run(CLI + ["work", str(tree), "--wait", "-q"], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert worker.returncode == 0, worker.stderr
+    state = read_state(job)
+    assert state["dbdict"]["status"] == "done" and state["result"] == 16
+    assert purposes(job) == ["run", "run"]
+    calls = (bin_dir / "calls").read_text().splitlines()
+    assert calls and all("4242_0" in c for c in calls)  # one batched call per pass, for that task
