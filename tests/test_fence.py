@@ -41,19 +41,20 @@ def test_a_stopped_attempts_late_rename_never_changes_the_committed_workdir(tree
     try:
         wait_for(lambda: ctl_file(ctl, "A-started") and read_state(job)["dbdict"]["status"] == "running",
                  timeout=60)
-        exp = int(ctl_file(ctl, "A-started"))
+        exp, helper = map(int, ctl_file(ctl, "A-started").split())
         shepherd = read_state(job)["dbdict"]["shepherd"][0]
-        stopped = [a.pid, shepherd, exp]
-        for pid in stopped:
+        for pid in (a.pid, shepherd):
             os.kill(pid, signal.SIGSTOP)
+        os.killpg(exp, signal.SIGSTOP)  # the experiment's group: it and its helper
         b = subprocess.run(CLI + ["work", str(tree), "--wait", *SHORT], env=dict(os.environ, DBDICT_HOST="host-b"),
                            capture_output=True, text=True, timeout=120)
         assert b.returncode == 0, b.stderr
         assert read_state(job)["result"] == "B" and read_state(job)["dbdict"]["status"] == "done"
         assert open(os.path.join(job, "workdir", "ckpt")).read() == "B"
         open(os.path.join(ctl, "go"), "w").close()
-        os.kill(exp, signal.SIGCONT)  # the experiment first: its rename races everything
+        os.kill(helper, signal.SIGCONT)  # the stale attempt's late rename runs first, alone
         assert wait_for(lambda: ctl_file(ctl, "A-renamed") is not None, timeout=30), "A's rename never ran"
+        os.killpg(exp, signal.SIGCONT)
         for pid in (shepherd, a.pid):
             os.kill(pid, signal.SIGCONT)
         _, err = a.communicate(timeout=60)

@@ -12,22 +12,26 @@ def _mark(state, name, text=""):
 
 
 def ckpt_in_flight(state, channel):
-    """The first attempt writes ckpt.tmp, then waits for ctl/go before renaming it to ckpt
-    (a checkpoint in flight while its worker is stopped). Later attempts write ckpt at once."""
+    """The first attempt writes ckpt.tmp; a forked helper of it (no threads, so no watchdog)
+    renames it to ckpt only once ctl/go exists: a checkpoint in flight while the attempt is
+    stopped. Later attempts write ckpt at once."""
     if not os.path.exists(os.path.join(state.ctl, "A-started")):
-        with open("ckpt.tmp", "w") as f:
+        with open("ckpt.tmp.A", "w") as f:  # each attempt its own temporary name
             f.write("A")
-        _mark(state, "A-started", str(os.getpid()))
-        go = os.path.join(state.ctl, "go")
-        while not os.path.exists(go):  # a busy wait: on SIGCONT this thread renames at once,
-            pass                       # before the child's own L/2 watchdog thread can run
-        os.rename("ckpt.tmp", "ckpt")  # relative: lands in this attempt's own directory
-        _mark(state, "A-renamed")
-        time.sleep(30)
+        helper = os.fork()
+        if helper == 0:
+            go = os.path.join(state.ctl, "go")
+            while not os.path.exists(go):
+                time.sleep(0.02)
+            os.rename("ckpt.tmp.A", "ckpt")  # relative: lands in this attempt's own directory
+            _mark(state, "A-renamed")
+            os._exit(0)
+        _mark(state, "A-started", f"{os.getpid()} {helper}")
+        time.sleep(60)
         return
-    with open("ckpt.tmp", "w") as f:
+    with open("ckpt.tmp.B", "w") as f:
         f.write("B")
-    os.rename("ckpt.tmp", "ckpt")
+    os.rename("ckpt.tmp.B", "ckpt")
     state.result = "B"
 
 
