@@ -401,7 +401,7 @@ def heartbeat_overdue(jobdir, epoch, token):
     return round(age, 1) if age is not None and age > 2 * beat else None
 
 
-def run_attempts(jobdir, state, epoch):
+def run_attempts(jobdir, state, epoch, own=None):
     """Run claims since the last requeue, up to `epoch` (DESIGN 4: command claims never count).
 
     The latest state S carries the count up to S.epoch (its writer kept it); claims newer
@@ -411,7 +411,8 @@ def run_attempts(jobdir, state, epoch):
     s_epoch, req = int(book.get("epoch", 0) or 0), int(book.get("requeue_epoch", 0) or 0)
     count = 0 if req >= s_epoch else int(book.get("attempts", 0) or 0)
     for k in range(max(s_epoch, req) + 1, epoch + 1):
-        if _read_token(jobdir, k).get("purpose", "run") == "run":
+        token = own if (k == epoch and own is not None) else _read_token(jobdir, k)
+        if token.get("purpose", "run") == "run":
             count += 1
     return count
 
@@ -419,11 +420,13 @@ def run_attempts(jobdir, state, epoch):
 class Claim:
     """A claim this process won: the right to write `state.<epoch>.yaml`, while not fenced."""
 
-    def __init__(self, jobdir, epoch, token, state, linked_at):
+    def __init__(self, jobdir, epoch, token, state, linked_at, names=None):
         self.jobdir = jobdir
         self.epoch = epoch
         self.token = token
         self.state = state  # the state read after winning (what this epoch starts from)
+        self.names = names  # the job directory's names in the listing taken after winning
+        self.listed_at = boottime() if names is not None else None
         self.lease = token["lease"]
         self.path = os.path.join(jobdir, jd.claim_name(epoch))
         self.last_ok = linked_at  # the link counts as the first heartbeat, from just before it
@@ -523,8 +526,14 @@ class Claim:
         return self.lost
 
     def write_state(self, state):
-        """Commit `state` as state.<epoch>.yaml, unless fenced (then raise Fenced)."""
-        self._check_newer()
+        """Commit `state` as state.<epoch>.yaml, unless fenced (then raise Fenced).
+
+        Lists the job first for a prompt stop, unless it was listed after winning less than
+        a second ago (the first write of a booking): safety rests on the L/2 fence and the
+        per-epoch files, never on this listing (DESIGN.md 4)."""
+        if self.listed_at is None or boottime() - self.listed_at > 1.0:
+            self._check_newer()
+        self.listed_at = None
         reason = self.fenced()
         if reason:
             raise Fenced(f"{self.jobdir}: not writing: {reason}")
@@ -534,15 +543,16 @@ class Claim:
 
 
 def claim(jobdir, *, identity=None, observer=None, lease=DEFAULT_LEASE, heartbeat=DEFAULT_HEARTBEAT,
-          purpose="run", wait=True, force=False, worker=None):
+          purpose="run", wait=True, force=False, worker=None, first=None):
     """Book a job: read its state, and link claim.<top+1> if it is runnable (or if `force`).
 
-    Returns a Claim whose `.state` is the state read after winning; raises NotRunnable when
-    the job is held, final, or another process won the race.
+    `first`: the (listing, state) the caller has just read (discovery), so it is not read
+    twice. Returns a Claim whose `.state` is the state read after winning; raises
+    NotRunnable when the job is held, final, or another process won the race.
     """
     identity = identity or Identity.current()
     observer = observer or Observer(identity)
-    listing, state = jd.read_latest_state(jobdir)
+    listing, state = first or jd.read_latest_state(jobdir)
     if not force:
         problem = judge(jobdir, listing, state, observer, wait=wait)
         if problem:
@@ -553,9 +563,9 @@ def claim(jobdir, *, identity=None, observer=None, lease=DEFAULT_LEASE, heartbea
     if not link_claim(jobdir, epoch, token):
         raise NotRunnable(held_message(jobdir, epoch, _read_token(jobdir, epoch), booked=True))
     # A fresh listing: the state may have changed between our read and our link.
-    _, state = jd.read_latest_state(jobdir)
+    listing, state = jd.read_latest_state(jobdir)
     observer.forget(jobdir)
-    return Claim(jobdir, epoch, token, state, linked_at)
+    return Claim(jobdir, epoch, token, state, linked_at, names=listing.names)
 
 
 def give_back(held):

@@ -158,17 +158,19 @@ def cmd_work(args):
     counts = work(args.tree, max_jobs=args.max_jobs, wait=args.wait, select_rows=select_rows,
                   on_outcome=report, **_run_options(args))
     interrupted = counts.pop("interrupted", 0)
+    if not counts and not interrupted:
+        from . import jobdir as jd
+        from .create import TREE_MARKER, check_tree
+
+        # The marker first (one stat): a walk for a job only where `create` left none.
+        if not os.path.isdir(os.path.join(args.tree, TREE_MARKER)):
+            check_tree(args.tree, next(iter(jd.iter_jobdirs(args.tree)), None) is not None)
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no runnable job"
     if not args.quiet:
         print(f"worker finished: {summary}" + (" (stopped by a signal)" if interrupted else ""),
               file=sys.stderr)
     if interrupted:
         return ExitCode.INCOMPLETE
-    if not counts:
-        from . import jobdir as jd
-        from .create import check_tree
-
-        check_tree(args.tree, next(iter(jd.iter_jobdirs(args.tree)), None) is not None)
     if counts and set(counts) == {"failed"}:
         return ExitCode.FAILED  # every job it ran failed: a script must notice
     return ExitCode.OK

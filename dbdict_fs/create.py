@@ -13,6 +13,7 @@ import shutil
 from dataclasses import dataclass, field
 
 from . import jobdir as jd
+from .discovery import unmark_final
 from .errors import DbdictError, UsageError
 from .experiment import check_keys as check_key_names
 from .experiment import declared_defaults, resolve_experiment
@@ -168,9 +169,8 @@ def _write_jobs(tree, jobs, result, experiment, pythonpath, priority, dry_run, e
             (result.skipped if os.path.exists(path) else result.created).append(path)
             continue
         os.makedirs(tree, exist_ok=True)
-        if _write_job(tree, rel, config, experiment, pythonpath, digest, priority):
-            result.created.append(path)
-        else:
+        if not _write_job(tree, rel, config, experiment, pythonpath, digest, priority,
+                          placed=lambda: result.created.append(path)):
             result.skipped.append(path)
 
 
@@ -297,12 +297,13 @@ def config_text(config, book):
 def initial_state(config, book, priority):
     state = dict(config)
     state["dbdict"] = dict(book, status="ready", priority=float(priority), epoch=0,
-                           requeue_epoch=0, attempts=0)
+                           requeue_epoch=0, attempts=0, workdir=jd.workdir_name(0))
     return state
 
 
-def _write_job(tree, rel, config, experiment, pythonpath, digest, priority):
-    """Build the job in a dot directory, then rename it into place. False if it exists."""
+def _write_job(tree, rel, config, experiment, pythonpath, digest, priority, placed=None):
+    """Build the job in a dot directory, then rename it into place (then `placed()`, so a
+    Ctrl-C after the rename still counts the job). False if it exists."""
     target = os.path.join(tree, rel)
     if os.path.exists(target):
         return False
@@ -316,7 +317,8 @@ def _write_job(tree, rel, config, experiment, pythonpath, digest, priority):
     try:
         os.mkdir(tmp)
         paths = jd.JobPaths(tmp)
-        os.mkdir(paths.workdir)
+        os.mkdir(paths.attempt_workdir(0))  # the per-attempt layout (DESIGN.md 5.1) from the start
+        os.symlink(jd.workdir_name(0), paths.workdir)
         for name in (paths.stdout, paths.stderr):
             open(name, "wb").close()
         jd.atomic_write(paths.config, config_text(config, book).encode("utf-8"), fsync=False)
@@ -329,6 +331,11 @@ def _write_job(tree, rel, config, experiment, pythonpath, digest, priority):
             if os.path.exists(jd.JobPaths(target).config):
                 return False  # another process created the same job meanwhile
             raise DbdictError(f"cannot create {target}: {exc.strerror or exc}") from exc
+        if placed is not None:
+            placed()
+        # A job deleted by hand and created again, or created in a directory of finished
+        # jobs, must not stay hidden behind a final mark (dbdict_fs/discovery.py).
+        unmark_final(target)
         jd.fsync_dir(os.path.dirname(target))
         return True
     except OSError as exc:

@@ -13,6 +13,7 @@ import time
 
 from . import booking
 from . import jobdir as jd
+from .discovery import mark_final, unmark_final
 from .errors import DbdictError, NotRunnable, UsageError
 
 CANCELABLE = ("ready", "booked", "running", "stale")
@@ -61,8 +62,13 @@ def change_job(jobdir, transform, purpose, ask_slurm=False):
     if new is None:
         booking.give_back(held)
         return False
+    final = new["dbdict"]["status"] in booking.FINAL
+    if not final:
+        unmark_final(jobdir)  # after our link, before our state: see discovery.py
     held.write_state(new)
     jd.remove_older_states(jobdir, held.epoch)
+    if final:
+        mark_final(jobdir, held.epoch)
     return True
 
 

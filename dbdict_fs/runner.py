@@ -8,6 +8,7 @@ import copy
 import ctypes
 import errno
 import fcntl
+import itertools
 import json
 import math
 import os
@@ -23,6 +24,7 @@ from dataclasses import dataclass, fields
 from . import booking
 from . import jobdir as jd
 from . import workdir
+from .discovery import Discovery, mark_final
 from .errors import CorruptJob, Fenced, JobNotFound, NotRunnable, UsageError, WriteError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_NOT_RUNNABLE = 0, 1, 2, 3, 4
@@ -193,11 +195,14 @@ def _spawn_child(cwd, out, err, env_extra, fence_after):
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     theirs = (control_r, result_w, shep_r, report_w)
+    # -P (3.11+): `-m` would put the cwd (the job's workdir, in the shared tree) first on
+    # sys.path, and every import would list it on the file server.
+    safe = ["-P"] if sys.version_info >= (3, 11) else []
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dbdict_fs.shepherd", str(shep_r), str(report_w), repr(float(fence_after)),
+            [sys.executable, *safe, "-m", "dbdict_fs.shepherd", str(shep_r), str(report_w), repr(float(fence_after)),
              f"{control_r},{result_w}", "--",
-             sys.executable, "-m", "dbdict_fs.child", str(control_r), str(result_w)],
+             sys.executable, *safe, "-m", "dbdict_fs.child", str(control_r), str(result_w)],
             cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
             pass_fds=theirs, preexec_fn=_shepherd_preexec(os.getpid()), close_fds=True)
     except BaseException:
@@ -388,7 +393,7 @@ def run_claimed(held, opts, signals):
     if not booking.runnable_after_claim(held):
         booking.give_back(held)
         raise NotRunnable(f"{held.jobdir}: job is {book['status']}")
-    attempts = booking.run_attempts(held.jobdir, held.state, held.epoch)  # command claims never count
+    attempts = booking.run_attempts(held.jobdir, held.state, held.epoch, held.token)  # command claims never count
     if attempts > opts.max_attempts:
         book.update(status="failed", attempts=attempts - 1,
                     error=f"lost its worker or was killed {attempts - 1} times (max_attempts {opts.max_attempts})")
@@ -403,8 +408,8 @@ def run_claimed(held, opts, signals):
     try:
         # The attempt's own directory (DESIGN.md 5.1), resolved once: the experiment's cwd
         # and any --scratch sync-back use it, never the `workdir` name.
-        source = workdir.committed_name(held.jobdir, held.state)
-        cwd, wname, _ = workdir.prepare(held, workdir.clean_start(held), held.keep_alive)
+        source = workdir.committed_name(held.jobdir, held.state, held.names)
+        cwd, wname, _ = workdir.prepare(held, workdir.clean_start(held), held.keep_alive, source)
         book["workdir"] = wname
         if opts.scratch:
             from .scratch import Scratch
@@ -434,6 +439,8 @@ def run_claimed(held, opts, signals):
         except (Fenced, WriteError):
             child.close()
             raise
+        if os.environ.get("DBDICT_TEST_STOP_AFTER_START"):
+            os.kill(os.getpid(), signal.SIGSTOP)  # test seam: counts "booking -> first state write"
         workdir.commit(held.jobdir, wname, source)
         jd.remove_older_states(held.jobdir, held.epoch)
         init_state = copy.deepcopy(state)
@@ -700,6 +707,8 @@ def _commit(held, state, exit_code, message):
                        f"{exc}; the job was not marked {status} and will be retried after its lease",
                        held.epoch)
     jd.remove_older_states(held.jobdir, held.epoch)
+    if status in booking.FINAL:
+        mark_final(held.jobdir, held.epoch)  # discovery skips it from now on (DESIGN.md 4.1)
     return Outcome(held.jobdir, status, exit_code, message, held.epoch)
 
 
@@ -727,12 +736,14 @@ def scan(tree, select_rows=None):
 
 
 def work(tree, *, max_jobs=None, wait=False, poll=None, select_rows=None, on_outcome=None, **options):
-    """Book runnable jobs of `tree` by priority and run them until none is left.
+    """Book runnable jobs of `tree` and run them until none is left.
 
-    Scans the tree once into a candidate queue and books down it; a lost race just moves
-    on to the next candidate, so the cost of a booking does not grow with the tree. With
-    `wait`, polls (with back-off and jitter) while jobs are running elsewhere, so it can
-    take over the jobs of workers that die. Returns counts per outcome status.
+    Without filters, jobs are found by `discovery` (a random walk that skips jobs marked
+    final, DESIGN.md 4.1): no per-booking scan, so a booking costs the same at 1k and 1M
+    jobs. With `select_rows` (the query filters), candidates come from the index, sorted by
+    priority tree-wide. With `wait`, polls (with back-off and jitter) while jobs are
+    running elsewhere, so it can take over the jobs of workers that die. Returns counts
+    per outcome status.
     """
     opts = make_options(**options)
     if not isinstance(tree, (str, os.PathLike)):
@@ -743,57 +754,124 @@ def work(tree, *, max_jobs=None, wait=False, poll=None, select_rows=None, on_out
     if max_jobs is not None and (isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1):
         raise UsageError(f"--max-jobs must be a whole number >= 1, not {max_jobs!r}")
     poll = poll if poll is not None else min(opts.heartbeat, 10.0)
-    identity = booking.Identity.current()
-    observer = booking.Observer(identity)
-    counts = {}
-    ran = 0
-    damaged = {}  # path -> reason: jobs check_job refused (the index reads only the state)
+    loop = _WorkLoop(tree, opts, max_jobs, select_rows, on_outcome)
     with StopSignals() as signals:
+        loop.signals = signals
         backoff = poll / 4
-        while not signals.stop and (max_jobs is None or ran < max_jobs):
-            observer.ask_scheduler()  # scheduler-gone fast path: one squeue call per pass
-            candidates = [c for c in scan(tree, select_rows) if c[0] not in damaged]
-            random.shuffle(candidates)  # ties in priority go to different workers
-            candidates.sort(key=lambda c: -(c[2] if isinstance(c[2], (int, float)) else 0.0))
-            progressed = False
-            for path, status, _ in candidates:
-                if signals.stop or (max_jobs is not None and ran >= max_jobs):
-                    break
-                try:
-                    check_job(path)
-                except (CorruptJob, JobNotFound) as exc:
-                    damaged[path] = str(exc)  # said once; never waited for (see --wait)
-                    _warn(opts, f"skipping a damaged job: {exc}")
-                    continue
-                try:
-                    held = booking.claim(path, identity=identity, observer=observer, lease=opts.lease,
-                                         heartbeat=opts.heartbeat, wait=True)
-                except (NotRunnable, CorruptJob, JobNotFound):
-                    continue
-                try:
-                    outcome = run_claimed(held, opts, signals)
-                except NotRunnable:
-                    continue
-                except Fenced as exc:
-                    outcome = Outcome(path, "lost", EXIT_NOT_RUNNABLE, str(exc), held.epoch)
-                except WriteError as exc:
-                    # A full disk or a read-only tree fails every job alike: stop, loudly.
-                    raise WriteError(f"{exc}; worker stopped") from exc
-                ran += 1
-                progressed = True
-                counts[outcome.status] = counts.get(outcome.status, 0) + 1
-                if on_outcome:
-                    on_outcome(outcome)
+        full = True  # the next pass walks the whole tree (else: held jobs and one directory)
+        limit, passes = int(os.environ.get("DBDICT_TEST_MAX_PASSES") or 0), 0  # test seam: counted passes
+        while not loop.done() and not (limit and passes >= limit):
+            passes += 1
+            loop.observer.ask_scheduler()  # scheduler-gone fast path: one squeue call per pass
+            progressed, seen_any = loop.one_pass(full)
             if progressed:
-                backoff = poll / 4
+                backoff, full = poll / 4, True
                 continue
-            if not wait or not candidates:
-                break
+            if not wait or (full and not seen_any):
+                break  # nothing runnable (and, for --wait, nothing running either)
+            if loop.discovery is not None and not loop.discovery.held and not full:
+                full = True  # every job we watched has ended: one more walk decides
+                continue
             _sleep(signals, backoff * random.uniform(0.5, 1.5))
             backoff = min(backoff * 2, poll)
+            full = loop.discovery is None
     if signals.stop:
-        counts["interrupted"] = 1
-    return counts
+        loop.counts["interrupted"] = 1
+    return loop.counts
+
+
+class _WorkLoop:
+    """The state of one `work` call: what it found, what it ran, what it said."""
+
+    def __init__(self, tree, opts, max_jobs, select_rows, on_outcome):
+        self.tree, self.opts, self.max_jobs = tree, opts, max_jobs
+        self.select_rows, self.on_outcome = select_rows, on_outcome
+        self.identity = booking.Identity.current()
+        self.observer = booking.Observer(self.identity)
+        self.discovery = None if select_rows else Discovery(tree)
+        self.damaged = {}  # path -> reason: jobs check_job refused (said once, never waited for)
+        self.counts = {}
+        self.ran = 0
+        self.signals = None
+
+    def done(self):
+        return self.signals.stop or (self.max_jobs is not None and self.ran >= self.max_jobs)
+
+    def _candidates(self, full):
+        """(path, first) pairs: first = (listing, state) already read, or None."""
+        if self.discovery is None:
+            rows = [c for c in scan(self.tree, self.select_rows) if c[0] not in self.damaged]
+            random.shuffle(rows)  # ties in priority go to different workers
+            rows.sort(key=lambda c: -(c[2] if isinstance(c[2], (int, float)) else 0.0))
+            return [(path, None) for path, _, _ in rows], bool(rows)
+        if full:
+            found = self.discovery.walk()
+        else:
+            found = itertools.chain(self.discovery.watched(), self.discovery.slow_walk())
+        return ((path, (listing, state)) for path, listing, state in found), None
+
+    def one_pass(self, full):
+        """Try every candidate of one pass. Returns (ran something, saw a job still to end)."""
+        candidates, seen_any = self._candidates(full)
+        progressed = False
+        for path, first in candidates:
+            if self.done():
+                break
+            outcome = self._try(path, first)
+            if outcome is None:
+                continue
+            self.ran += 1
+            progressed = True
+            self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
+            if self.on_outcome:
+                self.on_outcome(outcome)
+        if self.discovery is not None:
+            seen_any = bool(self.discovery.held)  # jobs running elsewhere, to watch
+        return progressed, seen_any
+
+    def _try(self, path, first):
+        """Book and run one candidate; None when it was not ours to run."""
+        disc = self.discovery
+        if first is not None and isinstance(first[1], Exception):
+            self._damaged(path, first[1])
+            return None
+        try:
+            if first is None:
+                check_job(path)
+            else:
+                jd.check_agrees(first[1], jd.read_config(path), path)
+        except (CorruptJob, JobNotFound) as exc:
+            self._damaged(path, exc)
+            return None
+        try:
+            held = booking.claim(path, identity=self.identity, observer=self.observer, lease=self.opts.lease,
+                                 heartbeat=self.opts.heartbeat, wait=True, first=first)
+        except NotRunnable:
+            if disc is not None:
+                disc.saw_held(path, None)  # held (or just taken): watched while --wait polls
+            return None
+        except (CorruptJob, JobNotFound):
+            return None
+        if disc is not None:
+            disc.taken(path)
+        try:
+            outcome = run_claimed(held, self.opts, self.signals)
+        except NotRunnable:
+            return None
+        except Fenced as exc:
+            return Outcome(path, "lost", EXIT_NOT_RUNNABLE, str(exc), held.epoch)
+        except WriteError as exc:
+            # A full disk or a read-only tree fails every job alike: stop, loudly.
+            raise WriteError(f"{exc}; worker stopped") from exc
+        return outcome
+
+    def _damaged(self, path, exc):
+        if path in self.damaged:
+            return
+        self.damaged[path] = str(exc)
+        if self.discovery is not None:
+            self.discovery.damaged[path] = str(exc)
+        _warn(self.opts, f"skipping a damaged job: {exc}")
 
 
 def _sleep(signals, seconds):

@@ -23,16 +23,19 @@ import stat
 
 from . import jobdir as jd
 
+_UNKNOWN = object()
+
 # An attempt heartbeats (keep_alive) every this many files while it builds its copy.
 _BEAT_EVERY = 200
 
 
-def committed_name(jobdir, state):
+def committed_name(jobdir, state, names=None):
     """The name (`workdir.<n>`) of the committed attempt directory, or None if there is none.
 
     The latest state's `dbdict.workdir` first; then the symlink's target; then the newest
-    `workdir.<n>` (a holder that died between building its directory and committing)."""
-    names = _names(jobdir)
+    `workdir.<n>` (a holder that died between building its directory and committing).
+    `names`: a listing of the job directory the caller already has."""
+    names = _names(jobdir) if names is None else set(names)
     book = state.get("dbdict", {}) if isinstance(state, dict) else {}
     name = book.get("workdir")
     if isinstance(name, str) and jd.workdir_epoch(name) is not None and name in names:
@@ -56,23 +59,25 @@ def _names(jobdir):
 
 
 def convert_old_layout(jobdir, epoch):
-    """A `workdir` that is a real directory (what `create` makes) becomes `workdir.<epoch>`
-    with `workdir` a symlink to it. Same contents, so any holder may do it at any time."""
+    """A `workdir` that is a real directory (older trees, hand-made jobs) becomes
+    `workdir.<epoch>` with `workdir` a symlink to it. Same contents, so any holder may do it
+    at any time. True when it converted (so what the directory holds changed)."""
     paths = jd.JobPaths(jobdir)
     try:
         st = os.lstat(paths.workdir)
     except FileNotFoundError:
-        return
+        return False
     if not stat.S_ISDIR(st.st_mode):
-        return
+        return False
     name = jd.workdir_name(epoch)
     try:
         os.rename(paths.workdir, os.path.join(jobdir, name))
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-            return  # someone else converted it first
+            return True  # someone else converted it first
         raise
     point_link(jobdir, name)
+    return True
 
 
 def point_link(jobdir, name):
@@ -119,15 +124,19 @@ def link_copy(src, dst, keep_alive=None):
     return True
 
 
-def prepare(held, clean, keep_alive=None):
+def prepare(held, clean, keep_alive=None, source=_UNKNOWN):
     """The attempt directory of claim `held` (a path), built as DESIGN.md 5.1 says.
 
     `clean`: no earlier attempt can still write into the committed directory, so it is
-    reused in place; otherwise a hard-link copy `workdir.<E>` is built. Returns
-    (path, name, new) where `new` says a fresh directory was built."""
+    reused in place; otherwise a hard-link copy `workdir.<E>` is built. `source`: the
+    committed name, when the caller has it. Returns (path, name, new) where `new` says a
+    fresh directory was built."""
     jobdir = held.jobdir
-    convert_old_layout(jobdir, int(held.state["dbdict"].get("epoch", 0)))
-    source = committed_name(jobdir, held.state)
+    # A known `workdir.<n>` means the layout is already the per-attempt one (as `create`
+    # makes it): no lstat of `workdir` is needed.
+    if source is _UNKNOWN or source is None:
+        if convert_old_layout(jobdir, int(held.state["dbdict"].get("epoch", 0))) or source is _UNKNOWN:
+            source = committed_name(jobdir, held.state)
     if source is None:  # no workdir at all (first run of a hand-made job): start empty
         name = jd.workdir_name(held.epoch)
         path = os.path.join(jobdir, name)

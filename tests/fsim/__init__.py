@@ -92,6 +92,10 @@ class Host:
         """Zero the counters; returns the counts before."""
         return self._ask("reset")
 
+    def log(self):
+        """[(op, path)] the server saw since the last reset (paths relative to the mount)."""
+        return [tuple(x) for x in self._ask("log")]
+
     def ops(self):
         return tree_ops(self.counts())
 

@@ -6,7 +6,9 @@ rest, as an NFS client's attribute cache (acregmax) and dentry cache do. Two mou
 backing directory are two hosts with their own stale caches.
 
 Counters are served on a Unix socket (never through the mount, so reading them costs nothing):
-send `get` for a JSON object {op: count}, `reset` to zero them.
+send `get` for a JSON object {op: count}, `reset` to zero them, `log` for the [op, path] list
+since the last reset. A READDIR of a long directory counts one per 256 entries (the pages
+of 32 KiB an NFS server would send).
 
 Run: python countfs.py BACKING MOUNTPOINT SOCKET [--attr-timeout S] [--entry-timeout S]
 """
@@ -21,6 +23,8 @@ import threading
 
 from fuse import FUSE, FuseOSError, Operations  # fusepy, on libfuse2
 
+LOG_MAX = 200000
+READDIR_PAGE = 256  # entries per READDIR(PLUS) reply a server sends (about 32 KiB)
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 
@@ -33,12 +37,15 @@ class Counting(Operations):
     def __init__(self, root):
         self.root = os.path.realpath(root)
         self.counts = {}
+        self.log = []  # (op, path) since the last reset, for `log` (bounded)
         self.lock = threading.Lock()
 
     def __call__(self, op, path, *args):
         if op not in ("init", "destroy"):
             with self.lock:
                 self.counts[op] = self.counts.get(op, 0) + 1
+                if len(self.log) < LOG_MAX:
+                    self.log.append((op, path))
         try:
             return super().__call__(op, path, *args)
         except OSError as exc:
@@ -62,7 +69,12 @@ class Counting(Operations):
             raise FuseOSError(errno.EACCES)
 
     def readdir(self, path, fh):
-        return [".", ".."] + os.listdir(self._p(path))
+        names = os.listdir(self._p(path))
+        extra = len(names) // READDIR_PAGE  # a long directory costs one reply per page
+        if extra:
+            with self.lock:
+                self.counts["readdir"] = self.counts.get("readdir", 0) + extra
+        return [".", ".."] + names
 
     def opendir(self, path):
         return 0
@@ -181,9 +193,10 @@ def serve_counts(fs, sock_path):
             with conn:
                 cmd = conn.recv(64).decode().strip()
                 with fs.lock:
-                    out = dict(fs.counts)
+                    out = list(fs.log) if cmd == "log" else dict(fs.counts)
                     if cmd == "reset":
                         fs.counts.clear()
+                        fs.log.clear()
                 conn.sendall(json.dumps(out).encode())
 
     threading.Thread(target=loop, daemon=True).start()

@@ -1,0 +1,144 @@
+"""Discovery without a per-booking scan (DESIGN.md 4.1, dbdict_fs/discovery.py): final marks
+are hints that never hide a runnable job, with real worker processes and real files."""
+
+import json
+import os
+
+from dbdict_fs import booking
+from dbdict_fs import jobdir as jd
+from dbdict_fs.create import create_jobs
+from dbdict_fs.discovery import Discovery, mark_final, mark_path
+
+from conftest import experiment, run_cli
+
+
+def make(tree, n, name="double", **extra):
+    return create_jobs(str(tree), [dict(x=i, **extra) for i in range(n)], experiment(name)).created
+
+
+def status(job):
+    return jd.read_latest_state(job)[1]["dbdict"]["status"]
+
+
+def test_finished_jobs_are_marked_and_a_later_walk_reads_none_of_them(tree):
+    jobs = make(tree, 6)
+    assert run_cli("work", tree).returncode == 0
+    assert all(status(j) == "done" for j in jobs)
+    assert all(os.path.exists(mark_path(j)) for j in jobs)  # marked by the worker that committed
+    # A walk of the finished tree yields nothing and reads no state: every job is skipped
+    # from its parent's listing.
+    walk = Discovery(str(tree))
+    assert list(walk.walk()) == [] and walk.marked == 0
+    # Marks are dot files: never jobs, never in the index.
+    out = run_cli("query", tree, "--format", "json", prog="dbdict")
+    rows = json.loads(out.stdout)
+    assert out.returncode == 0 and sorted(r["dbdict.path"] for r in rows) == sorted(jobs)
+
+
+def test_an_unmarked_final_job_is_marked_by_the_next_walk(tree):
+    [job] = make(tree, 1)
+    assert run_cli("work", tree).returncode == 0
+    for top, _, files in os.walk(tree):  # as if its worker died between the commit and the mark
+        for name in files:
+            if name.startswith(".final."):
+                os.unlink(os.path.join(top, name))
+    walk = Discovery(str(tree))
+    assert list(walk.walk()) == [] and walk.marked == 1 and os.path.exists(mark_path(job))
+    # ... and its fan-out directory, now all final, is marked in the tree's listing
+    assert os.path.exists(mark_path(os.path.dirname(job)))
+
+
+def test_a_directory_of_finished_jobs_is_marked_and_unmarked_by_requeue_and_create(tree):
+    jobs = make(tree, 3)
+    assert run_cli("work", tree).returncode == 0
+    fanout = {os.path.dirname(j) for j in jobs}
+    assert all(os.path.exists(mark_path(d)) for d in fanout)
+    assert sorted(n for n in os.listdir(tree) if n.startswith(".final.")) == \
+        sorted(".final." + os.path.basename(d) for d in fanout)
+    # requeue one job: its mark and its directory's go, and a worker finds it again
+    assert run_cli("requeue", jobs[0], "--status", "done", "--force").returncode == 0
+    assert not os.path.exists(mark_path(jobs[0])) and not os.path.exists(mark_path(os.path.dirname(jobs[0])))
+    assert run_cli("work", tree).returncode == 0 and status(jobs[0]) == "done"
+    assert jd.read_latest_state(jobs[0])[1]["dbdict"]["runs"] == 2
+    # a new job created in a marked directory takes the directory's mark away
+    assert all(os.path.exists(mark_path(d)) for d in fanout)
+    [new] = create_jobs(str(tree), [{"x": 100}], experiment("double"), name=os.path.relpath(jobs[1], tree) + "-b").created
+    assert os.path.dirname(new) == os.path.dirname(jobs[1])
+    assert not os.path.exists(mark_path(os.path.dirname(new)))
+    assert run_cli("work", tree).returncode == 0 and status(new) == "done"
+
+
+def test_requeue_of_a_done_job_removes_its_mark_and_a_worker_runs_it_again(tree):
+    [job] = make(tree, 1)
+    assert run_cli("work", tree).returncode == 0
+    assert os.path.exists(mark_path(job))
+    assert run_cli("requeue", tree, "--status", "done", "--force").returncode == 0
+    assert not os.path.exists(mark_path(job)) and status(job) == "ready"
+    proc = run_cli("work", tree)
+    assert proc.returncode == 0 and "done" in proc.stderr
+    book = jd.read_latest_state(job)[1]["dbdict"]
+    assert book["status"] == "done" and book["runs"] == 2
+
+
+def test_a_mark_made_after_a_newer_claim_is_taken_back(tree):
+    """The race of a marker that read `done` at epoch E with a requeue that linked E+1 and
+    removed the mark before the marker created it: the marker's re-listing sees E+1 and
+    takes its mark back, so the requeued job cannot stay hidden."""
+    [job] = make(tree, 1)
+    assert run_cli("work", tree).returncode == 0
+    done = jd.read_latest_state(job)[1]
+    epoch = done["dbdict"]["epoch"]
+    os.unlink(mark_path(job))
+    # A requeue's claim, linked after the marker read the final state.
+    held = booking.claim(job, force=True, purpose="requeue", wait=False, lease=30, heartbeat=2)
+    state = held.state
+    state["dbdict"].update(status="ready")
+    held.write_state(state)
+    assert not mark_final(job, epoch)
+    assert not os.path.exists(mark_path(job))
+    assert [p for p, _, _ in Discovery(str(tree)).walk()] == [job]
+
+
+def test_a_job_deleted_and_created_again_is_not_hidden_by_the_old_mark(tree):
+    import shutil
+
+    [job] = make(tree, 1)
+    assert run_cli("work", tree).returncode == 0
+    shutil.rmtree(job)
+    assert os.path.exists(mark_path(job))  # the old mark outlives the job
+    [again] = make(tree, 1)
+    assert again == job and not os.path.exists(mark_path(job))
+    assert run_cli("work", tree).returncode == 0 and status(job) == "done"
+
+
+def test_jobs_at_any_depth_and_a_stray_file_are_walked(tree):
+    jobs = create_jobs(str(tree), [dict(x=i) for i in range(4)], experiment("double"),
+                       name="deep/{x}/run").created
+    with open(os.path.join(tree, "deep", "notes.txt"), "w") as f:
+        f.write("a person's file")
+    os.symlink("/", os.path.join(tree, "deep", "escape"))  # never followed
+    proc = run_cli("work", tree)
+    assert proc.returncode == 0, proc.stderr
+    assert all(status(j) == "done" for j in jobs)
+    assert sorted(os.path.basename(os.path.dirname(j)) for j in jobs) == ["0", "1", "2", "3"]
+
+
+def test_a_wait_worker_exits_when_the_last_job_it_watched_ends(tree):
+    """--wait polls only the jobs it saw held, and exits once they have ended and one more
+    walk finds nothing ready or running."""
+    import subprocess
+    import sys
+    import time
+
+    [job] = make(tree, 1, name="sleeper", sleep=3)
+    first = subprocess.Popen([sys.executable, "-c", f"from dbdict_fs.cli import main; import sys; "
+                              f"sys.exit(main(['run', {job!r}]))"])
+    deadline = time.monotonic() + 60
+    while status(job) != "running":
+        assert time.monotonic() < deadline and first.poll() is None
+        time.sleep(0.05)
+    proc = run_cli("work", tree, "--wait", "--heartbeat", "0.5", "--lease", "5", timeout=120)
+    assert first.wait(timeout=60) == 0
+    assert proc.returncode == 0, proc.stderr
+    assert "no runnable job" in proc.stderr and status(job) == "done"
+    assert json.loads(open(jd.JobPaths(job).claim(1)).read())["purpose"] == "run"
