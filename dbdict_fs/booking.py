@@ -555,6 +555,11 @@ def claim(jobdir, *, identity=None, observer=None, lease=DEFAULT_LEASE, heartbea
     listing, state = first or jd.read_latest_state(jobdir)
     if not force:
         problem = judge(jobdir, listing, state, observer, wait=wait)
+        if problem is None and first is not None and holder_of(jobdir, listing, state)[0] is not None:
+            # A steal judged on the caller's earlier read: the holder may have committed and
+            # exited since. Judge again on a fresh read (costs only steals anything).
+            listing, state = jd.read_latest_state(jobdir)
+            problem = judge(jobdir, listing, state, observer, wait=wait)
         if problem:
             raise problem
     epoch = max(listing.claim_epoch, state["dbdict"]["epoch"]) + 1

@@ -188,7 +188,7 @@ def test_a_sweep_costs_the_same_per_booking_beside_2000_finished_jobs(backing):
         tree = os.path.join(backing, f"s{n_done}")
         todo, _ = measure.make_tree(tree, 24, n_done)
         with fsim.Host(backing, attr_timeout=1.0) as a, fsim.Host(backing, attr_timeout=1.0) as b:
-            ops = measure.sweep([a, b], os.path.basename(tree), workers=3, jobs_each=100)
+            ops, _ = measure.sweep([a, b], os.path.basename(tree), workers=3, jobs_each=100)
         assert all(jd.read_latest_state(j)[1]["dbdict"]["status"] == "done" for j in todo)
         runs = sum(len([n for n in os.listdir(j) if n.startswith("claim.")]) for j in todo)
         assert runs == 24  # exactly once

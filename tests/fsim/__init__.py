@@ -36,8 +36,17 @@ def available():
     return None
 
 
+# What a metadata server (a Lustre MDS) sees: file data (read, write) goes to the object
+# servers instead.
+META_OPS = tuple(op for op in TREE_OPS if op not in ("read", "write"))
+
+
 def tree_ops(counts):
     return sum(n for op, n in counts.items() if op in TREE_OPS)
+
+
+def meta_ops(counts):
+    return sum(n for op, n in counts.items() if op in META_OPS)
 
 
 class Host:

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 
-from . import tree_ops
+from . import meta_ops, tree_ops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXPS = os.path.join(ROOT, "tests", "experiments", "exps.py")
@@ -99,7 +99,7 @@ def _kill_tree(proc):
 
 def sweep(hosts, tree_rel, workers, jobs_each, timeout=600):
     """Run `workers` workers (spread over `hosts`), each booking up to `jobs_each` jobs to
-    the end. Returns (server ops of all hosts, bookings made)."""
+    the end. Returns (server ops of all hosts, those a metadata server sees)."""
     for h in hosts:
         h.reset()
     e = env()
@@ -108,8 +108,8 @@ def sweep(hosts, tree_rel, workers, jobs_each, timeout=600):
              for k in range(workers)]
     for p in procs:
         p.wait(timeout=timeout)
-    ops = sum(tree_ops(h.counts()) for h in hosts)
-    return ops
+    counts = [h.counts() for h in hosts]
+    return sum(tree_ops(c) for c in counts), sum(meta_ops(c) for c in counts)
 
 
 def count_bookings(backing_tree):
