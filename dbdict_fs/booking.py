@@ -426,7 +426,6 @@ class Claim:
         self.token = token
         self.state = state  # the state read after winning (what this epoch starts from)
         self.names = names  # the job directory's names in the listing taken after winning
-        self.listed_at = boottime() if names is not None else None
         self.lease = token["lease"]
         self.path = os.path.join(jobdir, jd.claim_name(epoch))
         self.last_ok = linked_at  # the link counts as the first heartbeat, from just before it
@@ -526,14 +525,8 @@ class Claim:
         return self.lost
 
     def write_state(self, state):
-        """Commit `state` as state.<epoch>.yaml, unless fenced (then raise Fenced).
-
-        Lists the job first for a prompt stop, unless it was listed after winning less than
-        a second ago (the first write of a booking): safety rests on the L/2 fence and the
-        per-epoch files, never on this listing (DESIGN.md 4)."""
-        if self.listed_at is None or boottime() - self.listed_at > 1.0:
-            self._check_newer()
-        self.listed_at = None
+        """Commit `state` as state.<epoch>.yaml, unless fenced (then raise Fenced)."""
+        self._check_newer()
         reason = self.fenced()
         if reason:
             raise Fenced(f"{self.jobdir}: not writing: {reason}")

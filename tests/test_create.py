@@ -23,8 +23,11 @@ def test_layout_and_files(tree):
     path = result.created[0]
     digest = config_hash({"x": 1, "model": {"arch": "mlp", "depth": 2}}, experiment("double"))
     assert path == os.path.join(str(tree), digest[:2], digest)
-    assert sorted(os.listdir(path)) == ["config.yaml", "state.0.yaml", "state.yaml", "stderr", "stdout", "workdir"]
+    assert sorted(os.listdir(path)) == ["config.yaml", "state.0.yaml", "state.yaml", "stderr", "stdout", "workdir",
+                                        "workdir.0"]
     assert os.readlink(os.path.join(path, "state.yaml")) == "state.0.yaml"
+    # the per-attempt layout from the start (DESIGN.md 5.1): workdir -> workdir.0, named in state 0
+    assert os.readlink(os.path.join(path, "workdir")) == "workdir.0" and os.path.isdir(os.path.join(path, "workdir.0"))
     config = yaml.safe_load(open(os.path.join(path, "config.yaml")))
     assert config["x"] == 1 and config["model"] == {"arch": "mlp", "depth": 2}
     assert config["dbdict"]["experiment"] == experiment("double")
@@ -36,6 +39,7 @@ def test_layout_and_files(tree):
     assert state["x"] == 1 and state["model"]["depth"] == 2
     assert state["dbdict"]["status"] == "ready" and state["dbdict"]["epoch"] == 0
     assert state["dbdict"]["priority"] == 1.0 and state["dbdict"]["hash"] == digest
+    assert state["dbdict"]["workdir"] == "workdir.0"
 
 
 def test_duplicates_skipped_in_generator_and_tree(tree):
