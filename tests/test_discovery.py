@@ -142,3 +142,36 @@ def test_a_wait_worker_exits_when_the_last_job_it_watched_ends(tree):
     assert proc.returncode == 0, proc.stderr
     assert "no runnable job" in proc.stderr and status(job) == "done"
     assert json.loads(open(jd.JobPaths(job).claim(1)).read())["purpose"] == "run"
+
+
+def test_a_steal_reads_the_state_again_after_its_link(tree):
+    """Booking skips the read after the link only for a plain `ready` state (its writer's
+    last act). A steal must read again: here the stale holder's late commit of `done` lands
+    between the stealer's judgment and its link, and the stealer must see `done` (and give
+    the job back), never start from the `running` state it judged on."""
+    from procs import token_dead_here
+
+    [job] = make(tree, 1)
+    with open(os.path.join(job, "claim.1"), "w") as f:
+        json.dump(token_dead_here(), f)  # a holder of this host whose process is gone: stale at once
+    running = jd.read_latest_state(job)[1]
+    running["dbdict"].update(status="running", epoch=1, attempts=1, runs=1)
+    jd.write_state_file(job, 1, running)
+
+    class LateCommit(booking.Observer):
+        """Judges the holder gone, and then the holder's late commit lands."""
+
+        def is_stale(self, jobdir, epoch, token=None, state=None, wait=True):
+            stale = super().is_stale(jobdir, epoch, token, state, wait)
+            if stale:
+                done = jd.read_latest_state(jobdir)[1]
+                done["dbdict"]["status"] = "done"
+                done["result"] = 2
+                jd.write_state_file(jobdir, 1, done)
+            return stale
+
+    held = booking.claim(job, observer=LateCommit(), lease=30, heartbeat=2)
+    assert held.epoch == 2 and held.state["dbdict"]["status"] == "done" and held.state["result"] == 2
+    assert not booking.runnable_after_claim(held)
+    booking.give_back(held)
+    assert status(job) == "done" and jd.read_latest_state(job)[1]["dbdict"]["epoch"] == 2

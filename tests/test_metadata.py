@@ -92,8 +92,8 @@ def test_one_booking_makes_at_most_15_tree_calls(tmp_path):
     tree = str(tmp_path / "tree")
     measure.make_tree(tree, 300, 0)
     booking_calls, first_write = measure.booking_syscalls(tree)
-    assert booking_calls <= 15, booking_calls
-    assert first_write <= 25, first_write  # the walk to the job included (was 3,794 at 1k jobs)
+    assert booking_calls <= 12, booking_calls  # 10 today; DESIGN 4.1 allows 15
+    assert first_write <= 18, first_write  # the walk to the job included (was 3,794 at 1k jobs)
 
 
 def _first_write_ops(backing, n_ready, n_done, workers=1):
