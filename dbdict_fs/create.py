@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass, field
 
 from . import jobdir as jd
-from .discovery import unmark_final
+from .discovery import hint, unmark_final
 from .errors import DbdictError, UsageError
 from .experiment import check_keys as check_key_names
 from .experiment import declared_defaults, resolve_experiment
@@ -336,6 +336,7 @@ def _write_job(tree, rel, config, experiment, pythonpath, digest, priority, plac
         # A job deleted by hand and created again, or created in a directory of finished
         # jobs, must not stay hidden behind a final mark (dbdict_fs/discovery.py).
         unmark_final(target)
+        hint(target, priority, tree)
         jd.fsync_dir(os.path.dirname(target))
         return True
     except OSError as exc:

@@ -31,6 +31,8 @@ from . import jobdir as jd
 from .errors import CorruptJob, JobNotFound
 
 MARK = ".final."
+HINTS = os.path.join(".dbdict", "hints")  # in the tree: ready jobs above the default priority
+DEFAULT_PRIORITY = 1.0
 FINAL = booking.FINAL
 WATCH_SAMPLE = 16  # held jobs re-judged per waiting pass
 
@@ -98,6 +100,62 @@ def _unlink(path):
         return False
 
 
+# ---------------------------------------------------------------- priority hints
+
+def tree_of(jobdir, levels=8):
+    """The tree a job belongs to: the nearest directory above it that holds `.dbdict/`."""
+    path = os.path.dirname(os.path.normpath(os.fspath(jobdir)))
+    for _ in range(levels):
+        if os.path.isdir(os.path.join(path, ".dbdict")):
+            return path
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return None
+
+
+def _hint_name(priority, rel):
+    return f"{float(priority)!r}~" + rel.replace("%", "%25").replace(os.sep, "%2F")
+
+
+def _parse_hint(name):
+    """(priority, relative job path) of a hint's name, or None if it is not one of ours."""
+    prio, sep, rel = name.partition("~")
+    if not sep or name.startswith("."):
+        return None
+    try:
+        priority = float(prio)
+    except ValueError:
+        return None
+    rel = rel.replace("%2F", os.sep).replace("%25", "%")
+    parts = rel.split(os.sep)
+    if not rel or os.path.isabs(rel) or any(p in ("", ".", "..") for p in parts) or priority != priority:
+        return None
+    return priority, rel
+
+
+def hint(jobdir, priority, tree=None):
+    """Say that a job is ready at a priority above the default: a walk tries hinted jobs
+    first, highest priority first (an empty file `TREE/.dbdict/hints/<P>~<path>`, created by
+    whoever makes the job ready: create, a run's requeue at restart priority, a requeue).
+    Best effort: a job without a hint is still found by the walk, only not first."""
+    if not isinstance(priority, (int, float)) or isinstance(priority, bool) or not priority > DEFAULT_PRIORITY:
+        return
+    tree = tree or tree_of(jobdir)
+    if tree is None:
+        return
+    rel = os.path.relpath(os.path.normpath(os.fspath(jobdir)), tree)
+    if rel.startswith(".."):
+        return
+    folder = os.path.join(tree, HINTS)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        os.close(os.open(os.path.join(folder, _hint_name(priority, rel)), os.O_WRONLY | os.O_CREAT, 0o644))
+    except OSError:
+        pass
+
+
 class Discovery:
     """One worker's view of a tree: walks it lazily and remembers what it saw held.
 
@@ -113,12 +171,36 @@ class Discovery:
         self.damaged = {}  # jobdir -> reason (said once, never retried)
         self.marked = 0    # final jobs this worker marked (counted, for tests)
         self.pending = []  # directories not listed yet in a waiting worker's slow walk
+        self.hinted = {}   # jobdir -> its priority hint's path (removed once we book the job)
 
     # -- one full walk -------------------------------------------------------------
     def walk(self):
         """Yield (jobdir, listing, state) for every unmarked, readable job: a depth-first
-        walk in random order, so the first job is found after a few listings at any N."""
+        walk in random order, so the first job is found after a few listings at any N.
+        Jobs with a priority hint come first, highest priority first."""
+        yield from self._hinted()
         yield from self._visit(self.tree, None, None)
+
+    def _hinted(self):
+        folder = os.path.join(self.tree, HINTS)
+        names = _list(folder)
+        if not names:
+            return
+        hints = []
+        for name in names:
+            parsed = _parse_hint(name)
+            if parsed is None:
+                continue
+            hints.append((-parsed[0], self.rng.random(), parsed[1], os.path.join(folder, name)))
+        for _, _, rel, path_of_hint in sorted(hints):
+            path = os.path.join(self.tree, rel)
+            sub = _list(path)
+            found, _ = self._read(path, sub) if sub is not None and jd.CONFIG in sub else (None, False)
+            if found is None or isinstance(found[2], Exception) or not _plain_ready(found[1], found[2]):
+                _unlink(path_of_hint)  # not ready now: whoever makes it ready again hints again
+                continue
+            self.hinted[path] = path_of_hint
+            yield found
 
     def _visit(self, top, names, frontier):
         """Try the jobs of one directory. Deeper directories are walked at once, or put on
@@ -187,7 +269,11 @@ class Discovery:
         self.held[jobdir] = epoch
 
     def taken(self, jobdir):
+        """We booked the job: stop watching it, and drop its priority hint."""
         self.held.pop(jobdir, None)
+        hint_path = self.hinted.pop(jobdir, None)
+        if hint_path:
+            _unlink(hint_path)
 
     def watched(self):
         """A bounded random sample of the held jobs, each re-read: (jobdir, listing, state)."""
@@ -210,6 +296,11 @@ class Discovery:
             self.pending = [(self.tree, None)]
         top, names = self.pending.pop(self.rng.randrange(len(self.pending)))
         yield from self._visit(top, None if top == self.tree else names, self.pending)
+
+
+def _plain_ready(listing, state):
+    book = state["dbdict"]
+    return book["status"] == "ready" and listing.claim_epoch <= book["epoch"]
 
 
 def _list(path):

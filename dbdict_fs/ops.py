@@ -13,7 +13,7 @@ import time
 
 from . import booking
 from . import jobdir as jd
-from .discovery import mark_final, unmark_final
+from .discovery import hint, mark_final, unmark_final
 from .errors import DbdictError, NotRunnable, UsageError
 
 CANCELABLE = ("ready", "booked", "running", "stale")
@@ -69,6 +69,8 @@ def change_job(jobdir, transform, purpose, ask_slurm=False):
     jd.remove_older_states(jobdir, held.epoch)
     if final:
         mark_final(jobdir, held.epoch)
+    elif new["dbdict"]["status"] == "ready":
+        hint(jobdir, new["dbdict"].get("priority"))
     return True
 
 

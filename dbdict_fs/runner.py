@@ -24,7 +24,7 @@ from dataclasses import dataclass, fields
 from . import booking
 from . import jobdir as jd
 from . import workdir
-from .discovery import Discovery, mark_final
+from .discovery import Discovery, hint, mark_final
 from .errors import CorruptJob, Fenced, JobNotFound, NotRunnable, UsageError, WriteError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_NOT_RUNNABLE = 0, 1, 2, 3, 4
@@ -709,6 +709,8 @@ def _commit(held, state, exit_code, message):
     jd.remove_older_states(held.jobdir, held.epoch)
     if status in booking.FINAL:
         mark_final(held.jobdir, held.epoch)  # discovery skips it from now on (DESIGN.md 4.1)
+    elif status == "ready":
+        hint(held.jobdir, state["dbdict"].get("priority"))  # restart priority: walks try it first
     return Outcome(held.jobdir, status, exit_code, message, held.epoch)
 
 

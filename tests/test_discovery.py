@@ -175,3 +175,38 @@ def test_a_steal_reads_the_state_again_after_its_link(tree):
     assert not booking.runnable_after_claim(held)
     booking.give_back(held)
     assert status(job) == "done" and jd.read_latest_state(job)[1]["dbdict"]["epoch"] == 2
+
+
+def test_hinted_jobs_run_first_highest_priority_first(tree):
+    """A walk is in random order, but jobs made ready above the default priority leave a
+    hint (TREE/.dbdict/hints) and run first: a preempted job resumes at restart priority
+    before fresh ones, and a job created at priority 3 before both."""
+    from dbdict_fs.discovery import HINTS
+
+    fresh = make(tree, 8)
+    [preempted] = create_jobs(str(tree), [{"x": 100}], experiment("once_incomplete")).created
+    proc = run_cli("run", preempted)
+    assert proc.returncode == 3, proc.stderr  # INCOMPLETE: ready again at restart priority 2.0
+    assert jd.read_latest_state(preempted)[1]["dbdict"]["priority"] == 2.0
+    [urgent] = create_jobs(str(tree), [{"x": 200}], experiment("double"), priority=3.0).created
+    assert len(os.listdir(os.path.join(tree, HINTS))) == 2
+    order = []
+    for _ in range(3):
+        proc = run_cli("work", tree, "--max-jobs", "1")
+        assert proc.returncode == 0, proc.stderr
+        order += [line.split(None, 1)[1] for line in proc.stderr.splitlines() if line.startswith("done ")]
+    assert order[:2] == [urgent, preempted] and order[2] in fresh, order
+    assert os.listdir(os.path.join(tree, HINTS)) == []  # each booker dropped its hint
+
+
+def test_a_stale_hint_is_dropped_and_costs_nothing_more(tree):
+    from dbdict_fs.discovery import HINTS, hint
+
+    [job] = make(tree, 1)
+    assert run_cli("work", tree).returncode == 0
+    hint(job, 9.0)  # a hint left over (its writer's job has run since)
+    with open(os.path.join(tree, HINTS, "garbage~..%2Fetc"), "w"):
+        pass  # names outside the tree are never followed
+    walk = Discovery(str(tree))
+    assert list(walk.walk()) == []
+    assert os.listdir(os.path.join(tree, HINTS)) == ["garbage~..%2Fetc"]
