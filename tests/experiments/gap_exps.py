@@ -22,9 +22,10 @@ def _put(name, text):
 def tagged(state, channel):
     """The chaos experiment: appends `i pid` to the shared log (the count of executions),
     records every tagged file its workdir held when it started (`found`: what this attempt
-    started from), then writes, in steps over `sleep` seconds and each by tmp + rename,
-    `tag.<epoch>.<k>` (a file of its own) and `ckpt` (one name every attempt replaces),
-    each holding `<epoch> <k> <pid>`. `ran_epoch` names the attempt that committed."""
+    started from), then a forked helper (no threads, so no watchdog of its own, like a data
+    loader or a C extension's worker) writes, in 8 steps over `sleep` seconds and each by
+    tmp + rename, `tag.<epoch>.<k>` (a file of its own) and `ckpt` (one name every attempt
+    replaces), each holding `<epoch> <k> <pid>`. `ran_epoch` names the attempt."""
     fd = os.open(state.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, f"{state.i} {os.getpid()}\n".encode())
@@ -36,11 +37,18 @@ def tagged(state, channel):
         if name.startswith("tag.") or name == "ckpt":
             with open(name) as f:
                 found[name] = f.read()
-    steps = 4
-    for k in range(steps):
-        _put(f"tag.{epoch}.{k}", f"{epoch} {k} {os.getpid()}")
-        _put("ckpt", f"{epoch} {k} {os.getpid()}")
-        time.sleep(state.get("sleep", 0.2) / steps)
-    state.found = found
+    steps = 8
+    pause = state.get("sleep", 0.2) / steps
+    helper = os.fork()
+    if helper == 0:
+        try:
+            for k in range(steps):
+                _put(f"tag.{epoch}.{k}", f"{epoch} {k} {os.getpid()}")
+                _put("ckpt", f"{epoch} {k} {os.getpid()}")
+                time.sleep(pause)
+        finally:
+            os._exit(0)
+    os.waitpid(helper, 0)
+    state.found = sorted([name, text] for name, text in found.items())  # keys stay identifiers
     state.ran_epoch = epoch
     state.result = state.i
