@@ -19,6 +19,7 @@ from dbdict_fs import jobdir as jd
 
 from conftest import read_state, wait_for
 from procs import proc_state
+from test_slurm import slurm_cluster  # noqa: F401 - the session fixture (starts the local cluster)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXPS = os.path.join(HERE, "experiments", "gap_exps.py")
@@ -205,3 +206,72 @@ def test_a_late_writer_killed_after_the_final_commit_is_swept_by_the_next_read(t
     assert show.returncode == 0, show.stderr
     assert tmp_states(job) == []
     assert read_state(job)["result"] == 2 and link_is_the_newest(job)
+
+
+# ---------------------------------------------------------------- 6. SLURM submissions that lost workers
+
+def test_status_says_when_a_slurm_submission_lost_workers(tree, tmp_path):
+    """The sbatch script appends a line per abnormal worker death to `<script>.events`;
+    status reads it for every recorded submission, with one squeue call (here a stand-in
+    squeue on PATH that lists two running tasks of the job)."""
+    one_job(tree)
+    slurm_dir = os.path.join(str(tree), ".dbdict", "slurm")
+    os.makedirs(slurm_dir, exist_ok=True)
+    base = os.path.join(slurm_dir, "work-20261203T000000Z-abcd")
+    open(base + ".sh", "w").close()
+    with open(base + ".jobid", "w") as f:
+        f.write("4242\n")
+    with open(base + ".events", "w") as f:  # what the script writes (see slurm._SCRIPT)
+        f.write("2026-12-03T00:00:01Z 4242_0 died signal 9 restarted 1\n"
+                "2026-12-03T00:00:09Z 4242_1 died signal 9 restarted 1\n"
+                "2026-12-03T00:00:20Z 4242_1 died signal 9 not-restarted 3\n")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    calls = tmp_path / "squeue-calls"
+    (bindir / "squeue").write_text(f"#!/bin/sh\necho \"$@\" >> '{calls}'\n"
+                                   "printf '4242_0 RUNNING\\n4242_2 RUNNING\\n4242_1 COMPLETED\\n'\n")
+    (bindir / "squeue").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
+    out = subprocess.run(CLI + ["status", str(tree)], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "job 4242: 2 tasks running; 3 workers died abnormally, 2 replaced, 1 NOT replaced" in out.stdout, out.stdout
+    assert "lost workers" in out.stdout
+    assert calls.read_text().count("\n") == 1  # one squeue call for every submission
+    js = subprocess.run(CLI + ["status", str(tree), "--format", "json"], capture_output=True, text=True,
+                        timeout=60, env=env)
+    import json
+    [sub] = json.loads(js.stdout)["slurm"]
+    assert (sub["job"], sub["died"], sub["restarted"], sub["not_restarted"], sub["running"]) == ("4242", 3, 2, 1, 2)
+
+
+def test_status_of_a_tree_without_submissions_asks_no_scheduler(tree, tmp_path):
+    one_job(tree)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    calls = tmp_path / "squeue-calls"
+    (bindir / "squeue").write_text(f"#!/bin/sh\necho \"$@\" >> '{calls}'\n")
+    (bindir / "squeue").chmod(0o755)
+    out = subprocess.run(CLI + ["status", str(tree)], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}"))
+    assert out.returncode == 0 and "slurm" not in out.stdout, out.stdout
+    assert not calls.exists()
+
+
+@pytest.mark.slurm
+def test_status_counts_a_kill_9ed_slurm_worker_that_was_replaced(slurm_cluster, tree):
+    """On the local cluster: kill -9 of a task's worker; the script replaces it and logs the
+    death; `dbdict status` says one worker died abnormally and was replaced, one task runs."""
+    from test_slurm import do_submit, job_status, make_jobs, squeue_states
+    [job] = make_jobs(tree, "sleeper", [{"sleep": 20}])
+    job_id, _ = do_submit(tree, "--workers", "1", "--time", "10")
+    try:
+        wait_for(lambda: squeue_states(job_id).get(f"{job_id}_0") == "RUNNING" and job_status(job) == "running",
+                 timeout=60, what="the experiment to start")
+        first = read_state(job)["dbdict"]["pid"]
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: read_state(job)["dbdict"]["pid"] != first and job_status(job) == "running",
+                 timeout=60, what="the replaced worker to run the job again")
+        out = subprocess.run(CLI + ["status", str(tree)], capture_output=True, text=True, timeout=60)
+        assert f"job {job_id}: 1 task running; 1 worker died abnormally, 1 replaced" in out.stdout, out.stdout
+    finally:
+        subprocess.run(["scancel", job_id], capture_output=True, timeout=60)
