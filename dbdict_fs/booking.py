@@ -431,6 +431,7 @@ class Claim:
         self.last_ok = linked_at  # the link counts as the first heartbeat, from just before it
         self.lost = None
         self.taken_by = None
+        self.overtaken = None  # set by write_state when a newer claim existed after its rename
         self._transients = {}  # name -> (signature, boottime first seen with it)
         self.heartbeat = token.get("heartbeat", DEFAULT_HEARTBEAT)
         self.next_beat = linked_at + self.heartbeat  # the one heartbeat schedule of this claim
@@ -525,14 +526,35 @@ class Claim:
         return self.lost
 
     def write_state(self, state):
-        """Commit `state` as state.<epoch>.yaml, unless fenced (then raise Fenced)."""
+        """Commit `state` as state.<epoch>.yaml, unless fenced (then raise Fenced).
+
+        After the rename the directory is listed again: a claim newer than ours may have
+        been made between the check and the rename (we were paused there), and its holder
+        may have started from an older state, hiding ours. `overtaken` then says so, and
+        the attempt must report the job lost, never its own outcome (runner._commit).
+        """
         self._check_newer()
         reason = self.fenced()
         if reason:
             raise Fenced(f"{self.jobdir}: not writing: {reason}")
         state["dbdict"]["epoch"] = self.epoch
-        jd.write_state_file(self.jobdir, self.epoch, state)
+        try:
+            jd.write_state_file(self.jobdir, self.epoch, state)
+        except WriteError:
+            if self.check():
+                raise
+            # Our temporary file was swept (sweep_hidden_tmp): a newer state exists.
+            raise Fenced(f"{self.jobdir}: not written: {self.fenced()}") from None
         self.state = state
+        listing = self._check_newer()
+        if self.taken_by is not None and self.overtaken is None:
+            self.overtaken = (f"state.{self.epoch}.yaml was written, but {self.lost}: this attempt's "
+                              f"commit may be hidden by the newer holder's")
+            if listing is not None and (listing.state_epoch or 0) > self.epoch:
+                # A newer state hides ours: remove it (no reader can need it), and let the
+                # link name the newest (it may name ours now).
+                _unlink(os.path.join(self.jobdir, jd.state_name(self.epoch)))
+                jd.update_state_link(self.jobdir)
 
 
 def claim(jobdir, *, identity=None, observer=None, lease=DEFAULT_LEASE, heartbeat=DEFAULT_HEARTBEAT,

@@ -229,7 +229,39 @@ def _lazy(module, name):
 
 
 cmd_query = _lazy("query", "run")
-cmd_status = _lazy("ops", "cmd_status")
+def cmd_status(args):
+    """ops' status, then one line per SLURM submission of the tree that lost workers or still
+    runs (`slurm.submission_health`: read only when TREE/.dbdict/slurm/ records one)."""
+    import json
+
+    from . import ops
+
+    if getattr(args, "watch", None) or not os.path.isdir(os.path.join(args.tree, ".dbdict", "slurm")):
+        return ops.cmd_status(args)
+    from .slurm import submission_health
+
+    if args.format == "json":
+        report = ops.status(args.tree, args.filters, args.where, progress=not getattr(args, "quiet", False))
+        report["slurm"] = submission_health(args.tree)
+        print(json.dumps(report, indent=2))
+        return 0
+    code = ops.cmd_status(args)
+    shown = [s for s in submission_health(args.tree) if s["died"] or s["running"]]
+    if shown:
+        print("\nslurm submissions:")
+    for s in shown:
+        running = "? tasks running (squeue did not answer)" if s["running"] is None else \
+            f"{s['running']} task{'s' if s['running'] != 1 else ''} running"
+        lost = ""
+        if s["died"]:
+            lost = (f"; {s['died']} worker{'s' if s['died'] != 1 else ''} died abnormally, "
+                    f"{s['restarted']} replaced")
+            if s["not_restarted"]:
+                lost += f", {s['not_restarted']} NOT replaced (3 restarts per task): this submission lost workers"
+        print(f"  job {s['job']}: {running}{lost}  ({os.path.basename(s['script'])})")
+    return code
+
+
 cmd_requeue = _lazy("ops", "cmd_requeue")
 cmd_cancel = _lazy("ops", "cmd_cancel")
 cmd_show = _lazy("ops", "cmd_show")

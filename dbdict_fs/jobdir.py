@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import re
+import signal
 import stat
 
 from .errors import CorruptJob, JobNotFound, WriteError
@@ -327,9 +328,11 @@ def read_latest_state(jobdir, retries=20):
                 raise JobNotFound(jobdir)
             raise CorruptJob(jobdir, "no state.<E>.yaml file")
         try:
-            return listing, read_state_file(os.path.join(jobdir, state_name(epoch)), epoch)
+            state = read_state_file(os.path.join(jobdir, state_name(epoch)), epoch)
         except FileNotFoundError:
             continue
+        sweep_hidden_tmp(jobdir, listing.names, epoch)
+        return listing, state
     raise CorruptJob(jobdir, "state files keep disappearing while being read")
 
 
@@ -403,7 +406,7 @@ def replacing(path):
         raise
 
 
-def atomic_write(path, data, *, fsync=True):
+def atomic_write(path, data, *, fsync=True, before_rename=None):
     """Write bytes to `path` by temp file + fsync + rename (+ fsync of the directory)."""
     try:
         with replacing(path) as tmp:
@@ -416,6 +419,8 @@ def atomic_write(path, data, *, fsync=True):
                     os.fsync(fd)
             finally:
                 os.close(fd)
+            if before_rename is not None:
+                before_rename()
     except OSError as exc:
         raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from exc
     if fsync:
@@ -425,6 +430,23 @@ def atomic_write(path, data, *, fsync=True):
 def dump_state(state):
     """State files are indented JSON: valid YAML for people, ~10x faster to parse."""
     return (json.dumps(state, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _test_stop(point, status):
+    """Test seam: DBDICT_TEST_STOP_BEFORE_RENAME=<point>:<status>:<marker>[,...] makes this
+    process write <marker> (its pid) and SIGSTOP itself, once per marker, when it writes a
+    state whose status is <status>, at <point>: `write` (after the fence check, before the
+    temporary file), `state` (between the temporary file and its rename) or `link` (after
+    choosing the `state.yaml` link's target from its listing, before making the link).
+    A writer paused, or killed, exactly there."""
+    for spec in os.environ.get("DBDICT_TEST_STOP_BEFORE_RENAME", "").split(","):
+        parts = spec.split(":", 2)
+        if len(parts) != 3 or parts[:2] != [point, status] or os.path.exists(parts[2]):
+            continue
+        with open(parts[2] + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(parts[2] + ".tmp", parts[2])
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def write_state_file(jobdir, epoch, state):
@@ -438,37 +460,88 @@ def write_state_file(jobdir, epoch, state):
     data = dump_state(state)
     if len(data) > MAX_FILE_BYTES:
         raise CorruptJob(path, f"a state of {len(data)} bytes is larger than {MAX_FILE_BYTES}")
-    atomic_write(path, data)
-    update_state_link(jobdir)
+    status = str(state.get("dbdict", {}).get("status"))
+    _test_stop("write", status)
+    atomic_write(path, data, before_rename=lambda: _test_stop("state", status))
+    update_state_link(jobdir, _status=status)
 
 
-def update_state_link(jobdir):
-    """Repoint the `state.yaml` symlink at the newest state file (for people; best effort).
+def update_state_link(jobdir, _status=None):
+    """Point the `state.yaml` symlink at the newest state file (for people; best effort).
 
-    It is computed from a fresh listing, so a late writer of an old epoch cannot leave the
-    link pointing at its own, hidden, file.
+    It is computed from a fresh listing, and checked again after the rename: a late writer
+    whose rename landed after a newer writer's (it listed before the newer state existed)
+    sees its link name an old or removed state and repoints it. Every writer checks after
+    its own last rename, so once writers settle the link names the newest, existing, state.
+    A temporary link swept by someone else (anyone may remove `.tmp.state.yaml.*`) is
+    simply made again.
     """
-    try:
-        epoch = list_job(jobdir).state_epoch
-    except JobNotFound:
-        return
-    if epoch is None:
-        return
-    try:
-        with replacing(JobPaths(jobdir).state_link) as tmp:
-            os.symlink(state_name(epoch), tmp)
-    except OSError:
-        pass
+    link = JobPaths(jobdir).state_link
+    for _ in range(5):
+        try:
+            epoch = list_job(jobdir).state_epoch
+        except (JobNotFound, OSError):
+            return
+        if epoch is None:
+            return
+        want = state_name(epoch)
+        try:
+            if os.readlink(link) == want:
+                return
+        except OSError:
+            pass
+        _test_stop("link", _status)
+        try:
+            with replacing(link) as tmp:
+                os.symlink(want, tmp)
+        except OSError:
+            pass  # e.g. our temporary link was swept: look again
+
+
+def _tmp_state_epoch(name):
+    """k of a `.tmp.state.<k>.yaml.*` name (a state file being written), else None."""
+    if not name.startswith(".tmp.state."):
+        return None
+    head = name[len(".tmp.state."):].split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def sweep_hidden_tmp(jobdir, names, epoch):
+    """Remove the protocol's temporary files that no live holder can still need, at once
+    (no observation needed; DESIGN.md 4 "Transient files", docs/design.md 9.e):
+
+    * `.tmp.state.<k>.yaml.*` with k < `epoch`, the newest state listed: only a holder of
+      claim k writes one, and state.<epoch> exists, so its rename could only add a hidden
+      state (the writer is fenced, or dead between its write and its rename);
+    * `.tmp.state.yaml.*`: a temporary `state.yaml` link, which its maker, if alive, makes
+      again (update_state_link) from a fresh listing.
+
+    Costs nothing when there is nothing to remove: the names were listed anyway.
+    """
+    for name in names:
+        if not name.startswith(".tmp.state."):
+            continue
+        k = _tmp_state_epoch(name)
+        if (k is not None and k < epoch) or name.startswith(".tmp.state.yaml."):
+            try:
+                os.unlink(os.path.join(jobdir, name))
+            except OSError:
+                pass
 
 
 def remove_older_states(jobdir, epoch):
-    """Delete state files older than `epoch` (allowed once ours exists, DESIGN.md 3)."""
-    for old in list_job(jobdir).state_epochs:
+    """Delete state files older than `epoch` (allowed once ours exists, DESIGN.md 3), and the
+    temporary files of older epochs' writers; then repoint `state.yaml`, so the link never
+    names a file removed here (a late writer may have pointed it at its own, older, one)."""
+    listing = list_job(jobdir)
+    for old in listing.state_epochs:
         if old < epoch:
             try:
                 os.unlink(os.path.join(jobdir, state_name(old)))
             except OSError:
                 pass
+    sweep_hidden_tmp(jobdir, listing.names, epoch)
+    update_state_link(jobdir)
 
 
 # ---------------------------------------------------------------- trees

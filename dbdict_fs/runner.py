@@ -436,6 +436,8 @@ def run_claimed(held, opts, signals):
         book["shepherd"] = child.shepherd
         try:
             held.write_state(state)
+            if held.overtaken:
+                raise Fenced(f"{held.jobdir}: lost: {held.overtaken}")
         except (Fenced, WriteError):
             child.close()
             raise
@@ -706,6 +708,9 @@ def _commit(held, state, exit_code, message):
         return Outcome(held.jobdir, "error", EXIT_USAGE,
                        f"{exc}; the job was not marked {status} and will be retried after its lease",
                        held.epoch)
+    if held.overtaken:  # a newer claim was made before our rename landed: never say `done`
+        return Outcome(held.jobdir, "lost", EXIT_NOT_RUNNABLE,
+                       f"{held.jobdir}: lost: {held.overtaken}", held.epoch)
     jd.remove_older_states(held.jobdir, held.epoch)
     if status in booking.FINAL:
         mark_final(held.jobdir, held.epoch)  # discovery skips it from now on (DESIGN.md 4.1)

@@ -248,6 +248,7 @@ _SCRIPT = """\
 set -u
 TREE={tree}
 SCRIPT={script}
+EVENTS="${{SCRIPT%.sh}}.events"   # worker deaths and restarts, read by `dbdict status`
 PYTHON={python}
 export PYTHONPATH={pythonpath}"${{PYTHONPATH:+:$PYTHONPATH}}"
 RESUBMIT={resubmit}         # 0: --no-resubmit
@@ -293,10 +294,16 @@ while :; do
     break
   done
   log "worker exited with code $rc"
-  if [ "$rc" -gt 128 ] && [ -z "$SIGNALED" ] && [ "$RESTARTS" -lt "$MAX_RESTARTS" ]; then
-    RESTARTS=$((RESTARTS + 1))
-    log "the worker died of signal $((rc - 128)): starting a new one ($RESTARTS of $MAX_RESTARTS)"
-    continue
+  if [ "$rc" -gt 128 ] && [ -z "$SIGNALED" ]; then
+    # one line per abnormal death, for `dbdict status` (EVENTS: see `submission_health`)
+    if [ "$RESTARTS" -lt "$MAX_RESTARTS" ]; then
+      RESTARTS=$((RESTARTS + 1))
+      echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $TASK died signal $((rc - 128)) restarted $RESTARTS" >> "$EVENTS"
+      log "the worker died of signal $((rc - 128)): starting a new one ($RESTARTS of $MAX_RESTARTS)"
+      continue
+    fi
+    echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $TASK died signal $((rc - 128)) not-restarted $RESTARTS" >> "$EVENTS"
+    log "the worker died of signal $((rc - 128)) after $RESTARTS restarts: not starting another"
   fi
   break
 done
@@ -407,7 +414,7 @@ def submit_plan(plan, sbatch="sbatch", timeout=120):
         if proc.returncode != 0:
             msg = " ".join(proc.stderr.split()) or f"exit code {proc.returncode}"
             raise SubmitError(f"sbatch failed: {msg}")
-        return _parse_job_id(proc.stdout)
+        job_id = _parse_job_id(proc.stdout)
     except BaseException:
         for path in created_files:
             try:
@@ -420,6 +427,76 @@ def submit_plan(plan, sbatch="sbatch", timeout=120):
             except OSError:
                 pass
         raise
+    try:  # the record `dbdict status` reads (a submission it cannot name is just not shown)
+        _write(_record_path(plan.script_path), job_id + "\n")
+    except OSError:
+        pass
+    return job_id
+
+
+def _record_path(script_path):
+    return script_path[:-3] + ".jobid" if script_path.endswith(".sh") else script_path + ".jobid"
+
+
+def submission_health(tree, squeue="squeue", timeout=15):
+    """Per submission recorded under TREE/.dbdict/slurm/ (`<script>.jobid`): its SLURM job id,
+    script, how many worker tasks died abnormally (a signal they were not sent: kill -9, the
+    OOM killer), how many of those deaths were replaced by a new worker and how many were
+    not (3 per task at most), and how many of its tasks still run (one squeue call for all;
+    None when squeue cannot tell). [] when the tree has no submission: no squeue call."""
+    import glob
+
+    records = []
+    for path in sorted(glob.glob(os.path.join(glob.escape(os.path.join(tree, SLURM_DIR)), "*.jobid"))):
+        try:
+            with open(path, encoding="utf-8") as f:
+                job = f.read().strip()
+        except OSError:
+            continue
+        if not job.isdigit():
+            continue
+        deaths = restarted = 0
+        try:
+            with open(path[:-len(".jobid")] + ".events", encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    words = line.split()
+                    if len(words) >= 6 and words[2] == "died":
+                        deaths += 1
+                        restarted += words[5] == "restarted"
+        except OSError:
+            pass
+        records.append({"job": job, "script": path[:-len(".jobid")] + ".sh", "died": deaths,
+                        "restarted": restarted, "not_restarted": deaths - restarted, "running": None})
+    if not records:
+        return []
+    running = tasks_running([r["job"] for r in records], squeue, timeout)
+    for r in records:
+        r["running"] = running.get(r["job"]) if running is not None else None
+    return records
+
+
+def tasks_running(jobs, squeue="squeue", timeout=15):
+    """{job id: number of its tasks in a live state} in one squeue call, or None."""
+    import shutil
+    import subprocess
+
+    if shutil.which(squeue) is None:
+        return None
+    try:
+        proc = subprocess.run([squeue, "-h", "-j", ",".join(jobs), "-o", "%i %T"], capture_output=True,
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode != 0 and "invalid job id" not in proc.stderr.lower():
+        return None
+    out = {j: 0 for j in jobs}
+    for line in proc.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1].upper() in ALIVE_STATES:
+            job = parts[0].split("_", 1)[0]
+            if job in out:
+                out[job] += 1
+    return out
 
 
 def submit(tree, workers=None, *, sbatch="sbatch", **options):
