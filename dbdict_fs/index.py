@@ -327,21 +327,26 @@ def lock_dir():
     return path
 
 
+def lock_path(cache_file):
+    """The node-local lock file of one cache file (one lock per cache key)."""
+    import hashlib
+
+    return os.path.join(lock_dir(), f"index-{hashlib.sha1(os.fsencode(cache_file)).hexdigest()[:24]}.lock")
+
+
 class _NodeLock:
     """The lock that serializes refreshes of one cache file among the processes of a node
     (DESIGN 4's last bullet: filelock, on local disk). Correctness never depends on it: when
     it cannot be had, the refresh goes on without it."""
 
     def __init__(self, cache_file):
-        import hashlib
-
-        self.name = f"index-{hashlib.sha1(os.fsencode(cache_file)).hexdigest()[:24]}.lock"
+        self.cache_file = cache_file
         self.fd = self.lock = None
         self.waited_since = None  # time.time() when we found it held and began to wait
 
     def acquire(self):
         try:
-            path = os.path.join(lock_dir(), self.name)
+            path = lock_path(self.cache_file)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError:
             return
