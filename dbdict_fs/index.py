@@ -10,6 +10,7 @@ import json
 import marshal
 import os
 import sqlite3
+import stat
 import sys
 import time
 
@@ -322,7 +323,7 @@ def lock_dir():
     os.makedirs(path, mode=0o700, exist_ok=True)
     st = os.lstat(path)
     # Another account could have made this name first: use only a private directory of ours.
-    if not os.path.isdir(path) or os.path.islink(path) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
         raise PermissionError(f"{path}: not a private directory of this user")
     return path
 
