@@ -281,3 +281,40 @@ def test_a_failing_child_falls_back_to_a_serial_read(tmp_path, monkeypatch):
     parallel, table2, corrupt2 = built(tree, 1, monkeypatch)
     assert parallel.stats["workers"] == 1  # every child's share read again by the parent
     assert table2 == table and corrupt2 == corrupt
+
+
+@needs_serialize
+def test_a_waiter_uses_only_a_refresh_written_after_it_began_to_wait(tmp_path):
+    """A holder that took the lock's flock itself (the uncontended path, no filelock import)
+    blocks a waiter that waits with filelock; the waiter then uses a cache written while it
+    waited, and walks itself when the cache is older than its wait."""
+    tree = str(tmp_path / "tree")
+    make_tree(tree, 20)
+    elsewhere = dict(os.environ, DBDICT_LOCK_DIR=str(tmp_path / "other lock dir"))
+
+    def waiter():
+        proc = subprocess.Popen([sys.executable, "-c", BUILD, tree], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.5)
+        assert proc.poll() is None  # still waiting for the lock
+        return proc
+
+    subprocess.run([sys.executable, "-c", BUILD, tree], check=True, env=elsewhere, capture_output=True)
+    held = index_mod._NodeLock(cache_path(tree))
+    held.acquire()
+    assert held.fd is not None and held.waited_since is None
+    try:
+        stale = waiter()  # the cache is older than this wait: not used as is
+    finally:
+        held.release()
+    assert json.loads(stale.communicate(timeout=60)[0])["shared"] is None
+
+    held.acquire()
+    try:
+        proc = waiter()
+        # a refresh on this node while it waits (not under this lock: another lock dir)
+        subprocess.run([sys.executable, "-c", BUILD, tree], check=True, env=elsewhere, capture_output=True)
+    finally:
+        held.release()
+    stats = json.loads(proc.communicate(timeout=60)[0])
+    assert stats["shared"] is True and stats["read"] == 0
