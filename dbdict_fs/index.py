@@ -459,6 +459,15 @@ def _send(fd, result):
         f.write(marshal.dumps(result))
 
 
+def _default_signals():
+    """A forked child runs none of its parent's signal handlers (a worker's SIGTERM handler is
+    the worker's): a signal ends it, and its parent reads its share again or is ending too."""
+    import signal
+
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2"):
+        signal.signal(getattr(signal, name), signal.SIG_DFL)
+
+
 class _Builder:
     """One indexing run: walk, reuse or read each job, then fill (or patch) the table."""
 
@@ -680,6 +689,7 @@ class _Builder:
                     code = 1
                     try:
                         os.close(r)
+                        _default_signals()
                         self.progress = None
                         k, f, d = [], [], []
                         self._visit(share, old_meta, k, f, d)
