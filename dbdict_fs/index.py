@@ -2,13 +2,17 @@
 
 One column per dotted key (`lr`, `model.arch`, `dbdict.status`, `dbdict.path`), values typed.
 An optional cache outside the tree lets a re-query of an unchanged tree skip every job whose
-directory has not changed, without opening it.
+directory has not changed, without opening it (one lstat per job); processes of one node share
+one refresh, and a large tree is walked and parsed on every core.
 """
 
+import gc
 import json
 import marshal
 import os
 import sqlite3
+import stat
+import sys
 import time
 
 from . import jobdir as jd
@@ -25,6 +29,12 @@ LIVE = ("running", "booked")  # statuses that turn `stale` when the top claim's 
 TRUST_SECONDS = 2.0
 MAX_COLUMNS = 1900  # SQLite's default limit is 2000 columns per table
 CACHE_MAGIC = b"dbdict_fs index cache 1\n"
+# A walk goes parallel (os.cpu_count() processes) when it has at least this many directories
+# to split and, by a cheap estimate, this many jobs to read ($DBDICT_PARALLEL_MIN_JOBS):
+# below it, forking and sending rows back costs more than it saves (bench/query.py).
+PARALLEL_MIN_DIRS = 8
+PARALLEL_MIN_JOBS = 2000
+LOCK_WAIT = 600.0  # seconds to wait for another process's refresh before going on alone
 
 _INT64 = 2 ** 63
 _KINDS = {int: "INTEGER", bool: "INTEGER", float: "REAL", str: "TEXT"}
@@ -241,7 +251,7 @@ def fill_table(conn, rows):
         marks = ", ".join("?" * (len(keys) + 1))
         conn.executemany(f"INSERT INTO {TABLE} (rowid, {cols}) VALUES ({marks})", group)
     conn.commit()
-    keysets = {keys: n for n, keys in enumerate(dict.fromkeys(tuple(r) for r in rows))}
+    keysets = {keys: n for n, keys in enumerate(groups)}  # every row's keys, as the rows are now
     return keysets, dropped
 
 
@@ -301,13 +311,98 @@ def _write_cache(path, header, conn):
         pass  # the cache is only an optimization: a read-only or full disk is not an error
 
 
+# ---------------------------------------------------------------- one refresh per node
+
+def lock_dir():
+    """Where the node-local refresh locks live: $DBDICT_LOCK_DIR, else /tmp/dbdict_fs-<uid>
+    (created 0700). Local disk, never the tree nor the cache dir, which may be an NFS home."""
+    path = os.environ.get("DBDICT_LOCK_DIR")
+    if path:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        return path
+    path = f"/tmp/dbdict_fs-{os.getuid()}"
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.lstat(path)
+    # Another account could have made this name first: use only a private directory of ours.
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise PermissionError(f"{path}: not a private directory of this user")
+    return path
+
+
+def lock_path(cache_file):
+    """The node-local lock file of one cache file (one lock per cache key)."""
+    import hashlib
+
+    return os.path.join(lock_dir(), f"index-{hashlib.sha1(os.fsencode(cache_file)).hexdigest()[:24]}.lock")
+
+
+class _NodeLock:
+    """The lock that serializes refreshes of one cache file among the processes of a node
+    (DESIGN 4's last bullet: filelock, on local disk). Correctness never depends on it: when
+    it cannot be had, the refresh goes on without it."""
+
+    def __init__(self, cache_file):
+        self.cache_file = cache_file
+        self.fd = self.lock = None
+        self.waited_since = None  # time.time() when we found it held and began to wait
+
+    def acquire(self):
+        try:
+            path = lock_path(self.cache_file)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return
+        import fcntl
+
+        # Uncontended (the usual case), take the flock that filelock itself takes on this file:
+        # importing filelock costs ~50 ms of start-up, more than a warm query of 10k jobs.
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.fd = fd
+            return
+        except BlockingIOError:
+            os.close(fd)  # held by another process of this node: wait for it with filelock
+        except OSError:
+            os.close(fd)
+            return
+        self.waited_since = time.time()
+        try:
+            import filelock
+
+            lock = filelock.FileLock(path)
+            lock.acquire(timeout=LOCK_WAIT)
+            self.lock = lock
+        except (ImportError, OSError):  # filelock.Timeout is an OSError: go on without the lock
+            pass
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)  # closing the only descriptor releases the flock
+            self.fd = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+
+def _node():
+    return os.uname().nodename
+
+
 # ---------------------------------------------------------------- building
 
 def build_index(tree, cache=True, progress=False):
     """Index every job below `tree` into an in-memory SQLite table `jobs`. Returns an Index.
 
-    `cache`: reuse and refresh the on-disk cache (outside the tree, see cache_dir()).
+    `cache`: reuse and refresh the on-disk cache (outside the tree, see cache_dir()). A job
+    whose directory is unchanged since the cache was written (inode, mtime, ctime: every state
+    write is tmp + rename, every booking a link, both change it) is reused without opening it,
+    one metadata operation per job; its running/booked status is still derived anew. So a
+    person's in-place edit of a state file is seen only with `cache=False` (`--no-cache`), or
+    once the directory changes. Entries changed within TRUST_SECONDS of being read are
+    re-read next time. Processes of one node serialize their refreshes on a local lock; one
+    that waited for another's refresh uses the cache it wrote, without walking the tree.
     `progress`: show a bar on stderr when it is a terminal and indexing takes over a second.
+    Large trees are walked and parsed by os.cpu_count() processes (DBDICT_PARALLEL_MIN_JOBS).
     """
     tree = os.fspath(tree)
     try:
@@ -317,9 +412,15 @@ def build_index(tree, cache=True, progress=False):
     if not os.path.isdir(tree):
         raise UsageError(f"{tree}: not a directory")
     builder = _Builder(tree, tree_stat.st_dev, cache, progress)
+    # The build makes a few objects per job and no cycles: the cyclic collector, run again
+    # and again over them, costs more than a third of unpacking a child's rows.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         index = builder.build()
     finally:
+        if collecting:
+            gc.enable()
         builder.close()
     _mark_scheduler_gone(index.conn)
     return index
@@ -344,6 +445,29 @@ def _mark_scheduler_gone(conn):
         conn.commit()
 
 
+def parallel_min_jobs():
+    """Fewest jobs (estimated) worth a parallel walk: $DBDICT_PARALLEL_MIN_JOBS or the default."""
+    try:
+        return max(1, int(os.environ.get("DBDICT_PARALLEL_MIN_JOBS", PARALLEL_MIN_JOBS)))
+    except ValueError:
+        return PARALLEL_MIN_JOBS
+
+
+def _send(fd, result):
+    """A child's result to its parent, marshalled (rows hold only str, int, float, None)."""
+    with open(fd, "wb") as f:
+        f.write(marshal.dumps(result))
+
+
+def _default_signals():
+    """A forked child runs none of its parent's signal handlers (a worker's SIGTERM handler is
+    the worker's): a signal ends it, and its parent reads its share again or is ending too."""
+    import signal
+
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2"):
+        signal.signal(getattr(signal, name), signal.SIG_DFL)
+
+
 class _Builder:
     """One indexing run: walk, reuse or read each job, then fill (or patch) the table."""
 
@@ -357,7 +481,7 @@ class _Builder:
 
             self.progress = Progress("indexing", delay=1.0)
         self.count = 0
-        self.stats = {"jobs": 0, "read": 0, "reused": 0, "cache": "off"}
+        self.stats = {"jobs": 0, "read": 0, "reused": 0, "cache": "off", "workers": 1}
 
     def close(self):
         if self.progress is not None:
@@ -369,15 +493,37 @@ class _Builder:
             self.progress.update(self.count, None)
 
     def build(self):
-        self.start = time.time()
-        old = None
-        path = None
-        if self.use_cache:
-            path = cache_path(self.tree)
+        if not self.use_cache:
+            self.start = time.time()
+            return self._build(None, None)
+        path = cache_path(self.tree)
+        lock = _NodeLock(path)
+        lock.acquire()
+        try:
+            self.start = time.time()  # after any wait: TRUST_SECONDS is judged from here
             old = _load_cache(path, self.tree, self.dev)
             self.stats["cache"] = "miss" if old is None else "hit"
+            header = old[0] if old else {}
+            if (lock.waited_since is not None and header.get("node") == _node()
+                    and header.get("written", 0) >= lock.waited_since):
+                # Another process of this node refreshed while we waited: that refresh is as
+                # fresh as ours would have been, so use it without walking the tree.
+                return self._shared(old)
+            return self._build(old, path)
+        finally:
+            lock.release()
+
+    def _shared(self, old):
+        meta = old[0]["meta"]
+        conn = sqlite3.connect(":memory:")
+        conn.deserialize(old[1])
+        self._refresh_live(conn, list(meta.items()))
+        self.stats.update(jobs=len(meta), read=0, reused=len(meta), shared=True)
+        return Index(conn, self.tree, self.stats)
+
+    def _build(self, old, path):
         old_meta = old[0]["meta"] if old else {}
-        kept, fresh = self._walk(old_meta)
+        kept, fresh, dirs = self._walk(old)
         self.stats.update(jobs=len(kept) + len(fresh), read=len(fresh), reused=len(kept))
         if old and not fresh and len(kept) == len(old_meta):
             conn = sqlite3.connect(":memory:")
@@ -395,82 +541,192 @@ class _Builder:
                 if row is not original:  # made corrupt by fill_table
                     m = m[:4] + ["corrupt", None] + m[6:7]
                 meta[rel] = tuple(m[:7]) + (keysets[tuple(row)], rowid)
-            header = {"tree": self.tree, "abs": os.path.abspath(self.tree), "dev": self.dev,
-                      "written": time.time(), "meta": meta, "keysets": list(keysets)}
+            header = {"tree": self.tree, "abs": os.path.abspath(self.tree), "dev": self.dev, "node": _node(),
+                      "written": time.time(), "meta": meta, "keysets": list(keysets), "dirs": sorted(dirs)}
             _write_cache(path, header, conn)
         return Index(conn, self.tree, self.stats)
 
-    def _walk(self, old_meta):
-        """Find every job. Returns (kept, fresh): kept = [(rel, cached meta)] reused unopened,
-        fresh = [(rel, row, meta)] read now. meta = [dir_key, trusted, state_epoch,
-        claim_epoch, raw_status, lease, state_key, ...]."""
-        tree, kept, fresh = self.tree, [], []
+    # The walk has two phases. First the parent lists the directories the cache knows hold
+    # jobs (the fan-out shards) and keys each entry with one lstat: an entry whose key equals
+    # the cache's is reused unopened; the rest (new, changed, or unknown directories) are
+    # pending. Then the pending entries are listed and read, by several processes when there
+    # are many (a cold walk: every top-level directory is pending).
+
+    def _walk(self, old):
+        """Find every job. Returns (kept, fresh, dirs): kept = [(rel, cached meta)] reused
+        unopened, fresh = [(rel, row, meta)] read now, dirs = the directories that hold jobs.
+        meta = [dir_key, trusted, state_epoch, claim_epoch, raw_status, lease, state_key, ...]."""
+        tree = self.tree
         try:
-            names = os.listdir(tree)
+            with os.scandir(tree) as it:
+                entries = list(it)
         except OSError as exc:
             raise UsageError(f"{tree}: {exc.strerror or exc}") from None
-        if jd.CONFIG in names:  # the tree is itself one job
-            row, meta = read_job(tree, names, False)
-            return [], [(".", row, [None, False] + meta)]
-        use_cache = self.use_cache
-        stack = [(tree, "")]
+        if any(e.name == jd.CONFIG for e in entries):  # the tree is itself one job
+            row, meta = read_job(tree, [e.name for e in entries], False)
+            return [], [(".", row, [None, False] + meta)], []
+        old_meta = old[0]["meta"] if old else {}
+        old_dirs = set(old[0].get("dirs", ())) if old else ()
+        kept, pending, dirs, stack = [], [], [], []
+        self._sort(entries, "", old_meta, old_dirs, kept, pending, stack)
         while stack:
-            top, prefix = stack.pop()
+            path, rel, st = stack.pop()
             try:
-                with os.scandir(top) as it:
-                    entries = [e for e in it if e.name[0] != "."]
+                with os.scandir(path) as it:
+                    entries = list(it)
             except OSError:
                 continue
-            for entry in entries:
-                try:
-                    if not entry.is_dir(follow_symlinks=False):
-                        continue
-                    rel = prefix + entry.name
-                    st = entry.stat(follow_symlinks=False) if use_cache else None
-                except OSError:
+            if any(e.name == jd.CONFIG for e in entries):  # a known directory that is a job now
+                pending.append((path, rel, st))
+                continue
+            dirs.append(rel)
+            self._sort(entries, rel + "/", old_meta, old_dirs, kept, pending, stack)
+        fresh = []
+        workers = self._workers(pending, old_meta)
+        if workers > 1:
+            self._visit_parallel(pending, workers, old_meta, kept, fresh, dirs)
+        else:
+            self._visit(pending, old_meta, kept, fresh, dirs)
+        return kept, fresh, dirs
+
+    def _sort(self, entries, prefix, old_meta, old_dirs, kept, pending, stack):
+        """The subdirectories of one listed directory: reused from the cache (kept), known
+        to hold jobs (to `stack`, listed next), or pending (to be listed and read)."""
+        use_cache = self.use_cache
+        for entry in entries:
+            if entry.name[0] == ".":
+                continue
+            try:
+                if not entry.is_dir(follow_symlinks=False):
                     continue
-                path = entry.path
-                if use_cache:
-                    # Keyed before listing: a change after this moves the key (DESIGN.md 6).
-                    dir_key = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
-                    cached = old_meta.get(rel)
-                    if cached is not None and cached[1] and cached[0] == dir_key and self._same_state(path, cached):
+                # Keyed before listing: a change after this moves the key (DESIGN.md 6).
+                st = entry.stat(follow_symlinks=False) if use_cache else None
+            except OSError:
+                continue
+            rel = prefix + entry.name
+            if use_cache:
+                cached = old_meta.get(rel)
+                if cached is not None:
+                    if cached[1] and cached[0] == (st.st_ino, st.st_mtime_ns, st.st_ctime_ns):
                         kept.append((rel, cached))
                         self._tick()
                         continue
+                elif rel in old_dirs:
+                    stack.append((entry.path, rel, st))
+                    continue
+            pending.append((entry.path, rel, st))
+
+    def _visit(self, items, old_meta, kept, fresh, dirs):
+        """List and read the pending entries `items` [(path, rel, lstat)], descending into
+        directories that are not jobs."""
+        use_cache = self.use_cache
+        stack = list(reversed(items))
+        while stack:
+            path, rel, st = stack.pop()
+            try:
+                names = os.listdir(path)
+            except OSError:
+                continue
+            if jd.CONFIG not in names:
                 try:
-                    names = os.listdir(path)
+                    with os.scandir(path) as it:
+                        entries = list(it)
                 except OSError:
                     continue
-                if jd.CONFIG not in names:
-                    stack.append((path, rel + "/"))
-                    continue
-                row, meta = read_job(path, names, use_cache)
-                trusted = False
-                if use_cache:
-                    newest = max(st.st_mtime, st.st_ctime)
-                    if meta[4] is not None:
-                        newest = max(newest, meta[4][4], meta[4][5])
-                        meta[4] = meta[4][:4]
-                    trusted = self.start - newest > TRUST_SECONDS
-                    meta = [dir_key, trusted] + meta
-                else:
-                    meta = [None, False] + meta
-                fresh.append((rel, row, meta))
-                self._tick()
-        return kept, fresh
+                dirs.append(rel)
+                self._sort(entries, rel + "/", old_meta, (), kept, stack, None)
+                continue
+            row, meta = read_job(path, names, use_cache)
+            trusted = False
+            if use_cache:
+                newest = max(st.st_mtime, st.st_ctime)
+                if meta[4] is not None:
+                    newest = max(newest, meta[4][4], meta[4][5])
+                    meta[4] = meta[4][:4]
+                trusted = self.start - newest > TRUST_SECONDS
+                meta = [(st.st_ino, st.st_mtime_ns, st.st_ctime_ns), trusted] + meta
+            else:
+                meta = [None, False] + meta
+            fresh.append((rel, row, meta))
+            self._tick()
 
-    @staticmethod
-    def _same_state(path, cached):
-        """The cached state file is still there, unchanged (catches in-place edits too)."""
-        epoch, state_key = cached[2], cached[6]
-        if state_key is None:
-            return epoch is None
+    def _workers(self, pending, old_meta):
+        """How many processes should read the pending entries: os.cpu_count() when there are
+        at least PARALLEL_MIN_DIRS of them holding, by a cheap estimate, parallel_min_jobs()."""
+        cpus = os.cpu_count() or 1
+        if cpus < 2 or len(pending) < PARALLEL_MIN_DIRS or not hasattr(os, "fork"):
+            return 1
+        threading = sys.modules.get("threading")
+        if threading is not None and threading.active_count() > 1:
+            return 1  # a forked child of a threaded process may inherit a lock held forever
+        need = parallel_min_jobs()
+        if len(pending) < need:
+            # Known jobs count one each; a directory the cache never saw is judged by
+            # listing one of them (a job, or a shard of about that many jobs).
+            unknown = [path for path, rel, _ in pending if rel not in old_meta]
+            per = 1
+            if unknown:
+                try:
+                    names = os.listdir(unknown[0])
+                except OSError:
+                    names = []
+                per = 1 if jd.CONFIG in names else len(names)
+            if len(pending) - len(unknown) + len(unknown) * per < need:
+                return 1
+        return min(cpus, len(pending))
+
+    def _visit_parallel(self, pending, workers, old_meta, kept, fresh, dirs):
+        """_visit split over `workers` processes (os.fork; results marshalled over a pipe).
+        The parent reads a share itself; a child that fails has its share read again here.
+        Children never write the cache: they only walk, parse and send."""
+        shares = [pending[i::workers] for i in range(workers)]
+        children = {}
         try:
-            st = os.stat(f"{path}/state.{epoch}.yaml")  # jd.state_name(epoch), inlined: hot path
-        except OSError:
-            return False
-        return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size) == tuple(state_key)
+            for share in shares[1:]:
+                r, w = os.pipe()
+                pid = os.fork()
+                if pid == 0:  # the child: never returns into the caller
+                    code = 1
+                    try:
+                        os.close(r)
+                        _default_signals()
+                        self.progress = None
+                        k, f, d = [], [], []
+                        self._visit(share, old_meta, k, f, d)
+                        _send(w, ([rel for rel, _ in k], f, d))
+                        code = 0
+                    finally:
+                        os._exit(code)
+                os.close(w)
+                children[pid] = (r, share)
+            self._visit(shares[0], old_meta, kept, fresh, dirs)
+            self.stats["workers"] = workers
+            for pid in list(children):
+                r, share = children.pop(pid)
+                with open(r, "rb") as f:
+                    data = f.read()
+                _, status = os.waitpid(pid, 0)
+                try:
+                    if status != 0:
+                        raise ValueError(f"exit status {status}")
+                    k, f, d = marshal.loads(data)
+                    more = [(rel, old_meta[rel]) for rel in k]
+                except (ValueError, EOFError, TypeError, KeyError):
+                    self.stats["workers"] -= 1
+                    self._visit(share, old_meta, kept, fresh, dirs)
+                    continue
+                kept.extend(more)
+                fresh.extend(f)
+                dirs.extend(d)
+                self.count += len(k) + len(f)
+        finally:
+            for pid, (r, _) in children.items():  # only after an error in this process
+                os.close(r)
+                try:
+                    os.kill(pid, 9)
+                    os.waitpid(pid, 0)
+                except OSError:
+                    pass
 
     def _rows(self, old, kept, fresh):
         """Every job's (rel, row, meta), sorted by path: cached rows are read back from the
