@@ -5,18 +5,22 @@ meets: one listing and one state read decide, and a runnable job is booked at on
 walk would waste on finished jobs is saved by *final marks*: `.final.<name>`, an empty dot
 file beside the job directory `<name>` (in its parent, the fan-out directory), created once
 when the job's state becomes final (done, failed, canceled). One listing of a fan-out
-directory then tells which of its jobs are still worth a look, so a late walk costs a
-listing per directory, not a read per job.
+directory then tells which of its jobs are still worth a look, and a directory whose every
+entry is marked is marked in its parent the same way, so a walk of a finished tree costs
+the tree's own listing.
 
 Marks are hints, never the truth: booking still decides on fresh reads. They are kept
-right by two rules (see `mark_final` and `unmark_final`):
-- whoever marks a job re-lists it afterwards, and takes the mark back if a claim newer than
-  the final state it saw exists (a command made it runnable meanwhile);
-- a command that makes a final job runnable again removes the mark after linking its claim
-  and before writing its state.
-So a mark never hides a runnable job for longer than one listing, whatever the interleaving,
-and a final job without a mark (a crash between commit and mark) is marked by the next
-worker that reads it.
+right by two rules (see `mark_final`, `mark_final_dir` and `unmark_final`):
+- whoever marks re-lists afterwards, and takes the mark back if a claim newer than the
+  final state it saw exists (for a directory: an entry without a mark);
+- whatever makes a job runnable (a requeue: after linking its claim, before writing its
+  state; create: after the rename) removes its mark and those of the directories above it.
+So a mark never hides a runnable job, whatever the interleaving, and a final job without a
+mark (a crash between commit and mark) is marked by the next worker that reads it.
+
+A walk is in random order; jobs made ready above the default priority (restart priority
+after INCOMPLETE, `create --priority`, `requeue --priority`) leave a *hint*, an empty file
+`TREE/.dbdict/hints/<P>~<path>`, and a walk tries hinted jobs first, highest first.
 
 A `--wait` worker remembers the jobs it saw held by others and re-judges only a bounded
 sample of them per pass (their claims' mtimes, DESIGN 4's lease by observation), plus one
