@@ -558,11 +558,11 @@ class Claim:
 
 
 def claim(jobdir, *, identity=None, observer=None, lease=DEFAULT_LEASE, heartbeat=DEFAULT_HEARTBEAT,
-          purpose="run", wait=True, force=False, worker=None, first=None):
+          purpose="run", wait=True, force=False, worker=None, first=None, before_link=None):
     """Book a job: read its state, and link claim.<top+1> if it is runnable (or if `force`).
 
     `first`: the (listing, state) the caller has just read (discovery), so it is not read
-    twice. Returns a Claim whose `.state` is the state read after winning; raises
+    twice. `before_link(epoch)`: called just before the link (a requeue's live markers). Returns a Claim whose `.state` is the state read after winning; raises
     NotRunnable when the job is held, final, or another process won the race.
     """
     identity = identity or Identity.current()
@@ -579,6 +579,8 @@ def claim(jobdir, *, identity=None, observer=None, lease=DEFAULT_LEASE, heartbea
             raise problem
     epoch = max(listing.claim_epoch, state["dbdict"]["epoch"]) + 1
     token = make_token(identity, lease, heartbeat, purpose, worker)
+    if before_link is not None:
+        before_link(epoch)
     linked_at = boottime()
     if not link_claim(jobdir, epoch, token):
         raise NotRunnable(held_message(jobdir, epoch, _read_token(jobdir, epoch), booked=True))

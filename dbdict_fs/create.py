@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass, field
 
 from . import jobdir as jd
-from .discovery import hint, unmark_final
+from .discovery import created_in, forget_final, hint
 from .errors import DbdictError, UsageError
 from .experiment import check_keys as check_key_names
 from .experiment import declared_defaults, resolve_experiment
@@ -158,6 +158,15 @@ def create_jobs(tree, generator, experiment, *, name=None, priority=DEFAULT_PRIO
 
 
 def _write_jobs(tree, jobs, result, experiment, pythonpath, priority, dry_run, existing_hashes, progress):
+    try:
+        _write_each(tree, jobs, result, experiment, pythonpath, priority, dry_run, existing_hashes, progress)
+    finally:
+        if not dry_run and (result.created or result.skipped):
+            # Directories a walk marked final hold new jobs now (dbdict_fs/discovery.py).
+            created_in({os.path.dirname(p) for p in result.created + result.skipped}, tree)
+
+
+def _write_each(tree, jobs, result, experiment, pythonpath, priority, dry_run, existing_hashes, progress):
     for done, (rel, config, digest) in enumerate(jobs):
         if progress is not None:
             progress(done, len(jobs))
@@ -333,10 +342,10 @@ def _write_job(tree, rel, config, experiment, pythonpath, digest, priority, plac
             raise DbdictError(f"cannot create {target}: {exc.strerror or exc}") from exc
         if placed is not None:
             placed()
-        # A job deleted by hand and created again, or created in a directory of finished
-        # jobs, must not stay hidden behind a final mark (dbdict_fs/discovery.py).
-        unmark_final(target)
-        hint(target, priority, tree)
+        # A job deleted by hand and created again must not stay hidden behind the old one's
+        # final mark; its directories get live markers at the end of the call (created_in).
+        forget_final(target)
+        hint(target, priority, 0, tree)
         jd.fsync_dir(os.path.dirname(target))
         return True
     except OSError as exc:

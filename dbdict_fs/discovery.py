@@ -9,14 +9,22 @@ directory then tells which of its jobs are still worth a look, and a directory w
 entry is marked is marked in its parent the same way, so a walk of a finished tree costs
 the tree's own listing.
 
-Marks are hints, never the truth: booking still decides on fresh reads. They are kept
-right by two rules (see `mark_final`, `mark_final_dir` and `unmark_final`):
-- whoever marks re-lists afterwards, and takes the mark back if a claim newer than the
-  final state it saw exists (for a directory: an entry without a mark);
-- whatever makes a job runnable (a requeue: after linking its claim, before writing its
-  state; create: after the rename) removes its mark and those of the directories above it.
-So a mark never hides a runnable job, whatever the interleaving, and a final job without a
-mark (a crash between commit and mark) is marked by the next worker that reads it.
+Marks are hints, never the truth: booking still decides on fresh reads. What makes a job
+runnable again never removes a mark (a remover racing a marker that dies before it can
+undo its mark would lose); it adds a *live marker* `.live.<name>.<token>` beside the mark,
+and a walk skips `<name>` only when it has a final mark and no live marker:
+- a requeue, before linking its claim E, creates `.live.<job>.E` and then one (unique token)
+  for each directory above the job up to the tree, deepest first; `create` does the same for
+  the directories it put jobs in, at the end of the call;
+- whoever finds a job final at epoch F (its committer, or a walk) marks it and removes only
+  the job's live markers with E <= F: a newer requeue's marker is never touched;
+- a walk that finds every entry of a directory final marks the directory and removes the
+  directory's live markers that it saw *before* listing the directory: a marker made after
+  that was made after the one below it, which the listing then showed.
+So no interleaving, pause or crash leaves a runnable job skipped; a crash only leaves a
+marker that costs walks a look. A final job without a mark (a crash between commit and
+mark) is marked by the next walk that reads it. Directories are marked only inside a tree
+made by `create` (holding `.dbdict/`), the reach of a requeue's markers.
 
 A walk is in random order; jobs made ready above the default priority (restart priority
 after INCOMPLETE, `create --priority`, `requeue --priority`) leave a *hint*, an empty file
@@ -35,6 +43,7 @@ from . import jobdir as jd
 from .errors import CorruptJob, JobNotFound
 
 MARK = ".final."
+LIVE = ".live."
 HINTS = os.path.join(".dbdict", "hints")  # in the tree: ready jobs above the default priority
 DEFAULT_PRIORITY = 1.0
 FINAL = booking.FINAL
@@ -46,54 +55,66 @@ def mark_path(jobdir):
     return os.path.join(parent, MARK + name)
 
 
-def mark_final(jobdir, epoch):
-    """Mark a job whose state at `epoch` is final (best effort: a mark is only a hint).
+def live_path(path, token):
+    parent, name = os.path.split(os.path.normpath(path))
+    return os.path.join(parent, f"{LIVE}{name}.{token}")
 
-    Re-lists the job after creating the mark: a claim newer than `epoch` means someone may
-    have made it runnable since, and the mark is taken back (see the module docstring).
-    """
-    path = mark_path(jobdir)
+
+def _touch(path):
     try:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
+        return True
     except OSError:
         return False
-    try:
-        newer = jd.list_job(jobdir).claim_epoch > epoch
-    except JobNotFound:
-        newer = True
-    if newer:
-        unmark_final(jobdir)
-        return False
-    return True
 
 
-def mark_final_dir(path):
-    """Mark a directory every entry of which is marked final (a fan-out directory of finished
-    jobs), so a walk skips it from its parent's listing. Re-lists it afterwards and takes the
-    mark back if an entry lost its mark meanwhile (same rule as mark_final)."""
-    mark = mark_path(path)
-    try:
-        os.close(os.open(mark, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
-    except OSError:
-        return False
-    names = _list(path) or []
-    marked = {n[len(MARK):] for n in names if n.startswith(MARK)}
-    if any(n[0] != "." and n not in marked for n in names):
-        _unlink(mark)
-        return False
-    return True
+def mark_final(jobdir, epoch, requeue_epoch=None):
+    """Mark a job whose state at `epoch` is final, after committing it (a mark is a hint).
+
+    Also removes the live marker of the requeue this run came from (`requeue_epoch`, if
+    any): that requeue is older than `epoch`. A live marker of a newer requeue has a
+    larger token and is never touched here, so no interleaving (or crash) can leave a
+    runnable job skipped (see the module docstring)."""
+    ok = _touch(mark_path(jobdir))
+    if isinstance(requeue_epoch, int) and not isinstance(requeue_epoch, bool) and 0 < requeue_epoch <= epoch:
+        _unlink(live_path(jobdir, requeue_epoch))
+    return ok
 
 
-def unmark_final(jobdir, levels=8):
-    """Remove a job's final mark and those of the directories above it that a walk marked
-    all-final: call after linking a claim, before writing a runnable state (and after
-    creating a job). Stops at the first level without a mark: marks only exist above marks."""
-    _unlink(mark_path(jobdir))
-    path = os.path.dirname(os.path.normpath(jobdir))
+def mark_live(jobdir, epoch, tree=None):
+    """Before linking claim.<epoch> of a command that makes a job runnable (a requeue):
+    live markers for the job (token `epoch`) and for every directory above it up to the
+    tree (a unique token), deepest first, so a walk that sees a directory's live marker has
+    already seen the one below. A crash after any of them only costs walks a look."""
+    tree = tree or tree_of(jobdir)
+    _touch(live_path(jobdir, int(epoch)))
+    _mark_dirs_live(os.path.dirname(os.path.normpath(jobdir)), tree)
+
+
+def _mark_dirs_live(path, tree, levels=8):
+    """Live markers for `path` and the directories above it, up to (not above) `tree`."""
+    if tree is None:
+        return
+    tree = os.path.normpath(tree)
+    token = "d" + jd.unique_suffix().replace(".", "")
     for _ in range(levels):
-        if not _unlink(mark_path(path)):
-            break
+        path = os.path.normpath(path)
+        if path == tree or not path.startswith(tree + os.sep):
+            return
+        _touch(live_path(path, token))
         path = os.path.dirname(path)
+
+
+def forget_final(jobdir):
+    """A job created where one of its name was deleted: the old final mark is not its own."""
+    _unlink(mark_path(jobdir))
+
+
+def created_in(dirs, tree):
+    """After `create` placed jobs in `dirs`: live markers for each and the directories above
+    (once per directory per call), so a directory a walk had marked final is looked at again."""
+    for path in sorted(set(dirs), key=lambda p: -p.count(os.sep)):
+        _mark_dirs_live(path, tree)
 
 
 def _unlink(path):
@@ -119,14 +140,15 @@ def tree_of(jobdir, levels=8):
     return None
 
 
-def _hint_name(priority, rel):
-    return f"{float(priority)!r}~" + rel.replace("%", "%25").replace(os.sep, "%2F")
+def _hint_name(priority, rel, epoch):
+    return f"{float(priority)!r}~" + rel.replace("%", "%25").replace(os.sep, "%2F") + f"~{int(epoch)}"
 
 
 def _parse_hint(name):
-    """(priority, relative job path) of a hint's name, or None if it is not one of ours."""
-    prio, sep, rel = name.partition("~")
-    if not sep or name.startswith("."):
+    """(priority, relative job path, epoch) of a hint's name, or None if it is not one of ours."""
+    prio, sep, rest = name.partition("~")
+    rel, sep2, epoch = rest.rpartition("~")
+    if not sep or not sep2 or name.startswith(".") or not epoch.isdigit():
         return None
     try:
         priority = float(prio)
@@ -136,14 +158,16 @@ def _parse_hint(name):
     parts = rel.split(os.sep)
     if not rel or os.path.isabs(rel) or any(p in ("", ".", "..") for p in parts) or priority != priority:
         return None
-    return priority, rel
+    return priority, rel, int(epoch)
 
 
-def hint(jobdir, priority, tree=None):
-    """Say that a job is ready at a priority above the default: a walk tries hinted jobs
-    first, highest priority first (an empty file `TREE/.dbdict/hints/<P>~<path>`, created by
-    whoever makes the job ready: create, a run's requeue at restart priority, a requeue).
-    Best effort: a job without a hint is still found by the walk, only not first."""
+def hint(jobdir, priority, epoch, tree=None):
+    """Say that state `epoch` of a job is ready at a priority above the default: a walk
+    tries hinted jobs first, highest priority first (an empty file
+    `TREE/.dbdict/hints/<P>~<path>~<epoch>`, created by whoever wrote that state: create, a
+    run's requeue at restart priority, a requeue). The epoch makes each hint's name its own,
+    so dropping a stale hint never drops a newer one. Best effort: a job without a hint is
+    still found by the walk, only not first."""
     if not isinstance(priority, (int, float)) or isinstance(priority, bool) or not priority > DEFAULT_PRIORITY:
         return
     tree = tree or tree_of(jobdir)
@@ -155,9 +179,9 @@ def hint(jobdir, priority, tree=None):
     folder = os.path.join(tree, HINTS)
     try:
         os.makedirs(folder, exist_ok=True)
-        os.close(os.open(os.path.join(folder, _hint_name(priority, rel)), os.O_WRONLY | os.O_CREAT, 0o644))
     except OSError:
-        pass
+        return
+    _touch(os.path.join(folder, _hint_name(priority, rel, epoch)))
 
 
 class Discovery:
@@ -176,6 +200,10 @@ class Discovery:
         self.marked = 0    # final jobs this worker marked (counted, for tests)
         self.pending = []  # directories not listed yet in a waiting worker's slow walk
         self.hinted = {}   # jobdir -> its priority hint's path (removed once we book the job)
+        # Directories are marked final only inside a tree made by `create` (it holds .dbdict/):
+        # that is where a requeue's live markers reach (mark_live), so a mark can be undone.
+        root = self.tree if os.path.isdir(os.path.join(self.tree, ".dbdict")) else tree_of(self.tree)
+        self.mark_dirs = root is not None
 
     # -- one full walk -------------------------------------------------------------
     def walk(self):
@@ -193,15 +221,21 @@ class Discovery:
         hints = []
         for name in names:
             parsed = _parse_hint(name)
-            if parsed is None:
-                continue
-            hints.append((-parsed[0], self.rng.random(), parsed[1], os.path.join(folder, name)))
-        for _, _, rel, path_of_hint in sorted(hints):
+            if parsed is not None:
+                hints.append((-parsed[0], self.rng.random(), parsed[1], parsed[2], os.path.join(folder, name)))
+        real_tree = None
+        for _, _, rel, epoch, path_of_hint in sorted(hints):
             path = os.path.join(self.tree, rel)
+            real_tree = real_tree or os.path.realpath(self.tree)
+            if not os.path.realpath(path).startswith(real_tree + os.sep):
+                continue  # through a symlink, outside the tree: never followed (nor removed)
             sub = _list(path)
             found, _ = self._read(path, sub) if sub is not None and jd.CONFIG in sub else (None, False)
-            if found is None or isinstance(found[2], Exception) or not _plain_ready(found[1], found[2]):
-                _unlink(path_of_hint)  # not ready now: whoever makes it ready again hints again
+            if found is None or isinstance(found[2], Exception) or not _plain_ready(found[1], found[2]) \
+                    or found[2]["dbdict"]["epoch"] != epoch:
+                if found is None or isinstance(found[2], Exception) or found[1].claim_epoch > epoch \
+                        or found[2]["dbdict"]["epoch"] > epoch:
+                    _unlink(path_of_hint)  # that state is over: its hint with it
                 continue
             self.hinted[path] = path_of_hint
             yield found
@@ -219,10 +253,12 @@ class Discovery:
             if found:
                 yield found
             return False
-        marked = {n[len(MARK):] for n in names if n.startswith(MARK)}
-        entries = [n for n in names if n[0] != "." and n not in marked]
+        marked, lives = _marks(names)
+        skip = marked - lives.keys()  # final, and nothing made it runnable since
+        real = [n for n in names if n[0] != "."]
+        entries = [n for n in real if n not in skip]
         self.rng.shuffle(entries)
-        settled = 0  # entries found final (and marked) by this visit
+        settled = len(real) - len(entries)  # entries known final (marked by this visit too)
         for name in entries:
             path = os.path.join(top, name)
             if path in self.damaged:
@@ -232,20 +268,26 @@ class Discovery:
                 continue
             if jd.CONFIG not in sub:  # a deeper level of the tree (a fan-out directory)
                 if frontier is None:
-                    if (yield from self._visit(path, sub, None)) and mark_final_dir(path):
+                    if (yield from self._visit(path, sub, None)) and self.mark_dirs:
+                        # Every entry below is final: mark the directory, then drop the live
+                        # markers we saw before listing it (a newer one was made after the
+                        # marker below it, which our listing would have shown).
+                        _touch(os.path.join(top, MARK + name))
+                        for marker in lives.get(name, ()):
+                            _unlink(os.path.join(top, marker[1]))
                         settled += 1
                 else:
                     frontier.append((path, sub))
                 continue
-            found, final = self._read(path, sub)
+            found, final = self._read(path, sub, lives.get(name, ()))
             if found:
                 yield found
             settled += final
-        return settled == len(entries) and top != self.tree  # the tree is never marked (outside it)
+        return settled == len(real) and top != self.tree  # the tree is never marked (outside it)
 
-    def _read(self, path, names):
+    def _read(self, path, names, lives=()):
         """The job's latest state from a listing we already have; marks a final job.
-        Returns (candidate or None, whether the job is final and marked)."""
+        Returns (candidate or None, whether the job is final and nothing marks it live)."""
         listing = jd.Listing(names)
         try:
             epoch = listing.state_epoch
@@ -259,13 +301,21 @@ class Discovery:
             return None, False
         except CorruptJob as exc:
             self.damaged[path] = str(exc)
-            return (path, listing, exc), False
-        status = state["dbdict"]["status"]
-        if status in FINAL and listing.claim_epoch <= state["dbdict"]["epoch"]:
             self.held.pop(path, None)
-            ok = mark_final(path, state["dbdict"]["epoch"])
-            self.marked += ok
-            return None, ok
+            return (path, listing, exc), False
+        book = state["dbdict"]
+        if book["status"] in FINAL and listing.claim_epoch <= book["epoch"]:
+            self.held.pop(path, None)
+            self.marked += _touch(mark_path(path))
+            live = False
+            for token, marker in lives:
+                # A live marker names the claim epoch of the requeue that made it: one not
+                # newer than this final state is over. A newer one stays, whoever wins.
+                if token.isdigit() and int(token) <= book["epoch"]:
+                    _unlink(os.path.join(os.path.dirname(path), marker))
+                else:
+                    live = True
+            return None, not live
         return (path, listing, state), False
 
     # -- a waiting worker ------------------------------------------------------------
@@ -300,6 +350,19 @@ class Discovery:
             self.pending = [(self.tree, None)]
         top, names = self.pending.pop(self.rng.randrange(len(self.pending)))
         yield from self._visit(top, None if top == self.tree else names, self.pending)
+
+
+def _marks(names):
+    """A directory listing's final marks {name} and live markers {name: [(token, file)]}."""
+    marked, lives = set(), {}
+    for n in names:
+        if n.startswith(MARK):
+            marked.add(n[len(MARK):])
+        elif n.startswith(LIVE):
+            name, dot, token = n[len(LIVE):].rpartition(".")
+            if dot and name:
+                lives.setdefault(name, []).append((token, n))
+    return marked, lives
 
 
 def _plain_ready(listing, state):

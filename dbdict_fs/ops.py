@@ -13,7 +13,7 @@ import time
 
 from . import booking
 from . import jobdir as jd
-from .discovery import hint, mark_final, unmark_final
+from .discovery import hint, mark_final, mark_live
 from .errors import DbdictError, NotRunnable, UsageError
 
 CANCELABLE = ("ready", "booked", "running", "stale")
@@ -45,12 +45,15 @@ def change_job(jobdir, transform, purpose, ask_slurm=False):
     for attempt in range(5):
         listing, state = jd.read_latest_state(jobdir)
         status = fresh_status(jobdir, listing, state, ask_slurm)
-        if transform(copy.deepcopy(state), None, status) is None:
+        planned = transform(copy.deepcopy(state), None, status)
+        if planned is None:
             return False
+        # Making a job runnable: live markers first, so no final mark hides it (discovery.py).
+        live = None if planned["dbdict"]["status"] in booking.FINAL else (lambda e: mark_live(jobdir, e))
         try:
             lease, heartbeat = booking.command_lease()  # a killed command blocks the job <= 30 s
             held = booking.claim(jobdir, force=True, purpose=purpose, wait=False,
-                                 lease=lease, heartbeat=heartbeat)
+                                 lease=lease, heartbeat=heartbeat, before_link=live)
             break
         except NotRunnable:  # a worker or another command claimed it meanwhile: look again
             if attempt == 4:
@@ -62,15 +65,14 @@ def change_job(jobdir, transform, purpose, ask_slurm=False):
     if new is None:
         booking.give_back(held)
         return False
-    final = new["dbdict"]["status"] in booking.FINAL
-    if not final:
-        unmark_final(jobdir)  # after our link, before our state: see discovery.py
+    if new["dbdict"]["status"] not in booking.FINAL and live is None:
+        mark_live(jobdir, held.epoch)  # the decision changed after the claim: still before the state
     held.write_state(new)
     jd.remove_older_states(jobdir, held.epoch)
-    if final:
-        mark_final(jobdir, held.epoch)
+    if new["dbdict"]["status"] in booking.FINAL:
+        mark_final(jobdir, held.epoch, new["dbdict"].get("requeue_epoch"))
     elif new["dbdict"]["status"] == "ready":
-        hint(jobdir, new["dbdict"].get("priority"))
+        hint(jobdir, new["dbdict"].get("priority"), held.epoch)
     return True
 
 

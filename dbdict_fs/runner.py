@@ -712,10 +712,10 @@ def _commit(held, state, exit_code, message):
         return Outcome(held.jobdir, "lost", EXIT_NOT_RUNNABLE,
                        f"{held.jobdir}: lost: {held.overtaken}", held.epoch)
     jd.remove_older_states(held.jobdir, held.epoch)
-    if status in booking.FINAL:
-        mark_final(held.jobdir, held.epoch)  # discovery skips it from now on (DESIGN.md 4.1)
-    elif status == "ready":
-        hint(held.jobdir, state["dbdict"].get("priority"))  # restart priority: walks try it first
+    if status in booking.FINAL:  # discovery skips it from now on (DESIGN.md 4.1)
+        mark_final(held.jobdir, held.epoch, state["dbdict"].get("requeue_epoch"))
+    elif status == "ready":  # restart priority: walks try it first
+        hint(held.jobdir, state["dbdict"].get("priority"), held.epoch)
     return Outcome(held.jobdir, status, exit_code, message, held.epoch)
 
 

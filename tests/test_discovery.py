@@ -7,7 +7,7 @@ import os
 from dbdict_fs import booking
 from dbdict_fs import jobdir as jd
 from dbdict_fs.create import create_jobs
-from dbdict_fs.discovery import Discovery, mark_final, mark_path
+from dbdict_fs.discovery import Discovery, mark_final, mark_live, mark_path
 
 from conftest import experiment, run_cli
 
@@ -48,55 +48,66 @@ def test_an_unmarked_final_job_is_marked_by_the_next_walk(tree):
     assert os.path.exists(mark_path(os.path.dirname(job)))
 
 
-def test_a_directory_of_finished_jobs_is_marked_and_unmarked_by_requeue_and_create(tree):
+def lives(directory):
+    return sorted(n for n in os.listdir(directory) if n.startswith(".live."))
+
+
+def test_a_directory_of_finished_jobs_is_marked_and_looked_at_again_after_requeue_and_create(tree):
     jobs = make(tree, 3)
     assert run_cli("work", tree).returncode == 0
     fanout = {os.path.dirname(j) for j in jobs}
     assert all(os.path.exists(mark_path(d)) for d in fanout)
     assert sorted(n for n in os.listdir(tree) if n.startswith(".final.")) == \
         sorted(".final." + os.path.basename(d) for d in fanout)
-    # requeue one job: its mark and its directory's go, and a worker finds it again
+    assert lives(tree) == []  # the walk that marked the directories removed create's markers
+    # requeue one job: live markers for it and its directory, made before its claim
     assert run_cli("requeue", jobs[0], "--status", "done", "--force").returncode == 0
-    assert not os.path.exists(mark_path(jobs[0])) and not os.path.exists(mark_path(os.path.dirname(jobs[0])))
+    parent = os.path.dirname(jobs[0])
+    epoch = jd.read_latest_state(jobs[0])[1]["dbdict"]["epoch"]
+    assert lives(parent) == [f".live.{os.path.basename(jobs[0])}.{epoch}"]
+    assert len([n for n in lives(tree) if n.startswith(f".live.{os.path.basename(parent)}.")]) == 1
     assert run_cli("work", tree).returncode == 0 and status(jobs[0]) == "done"
     assert jd.read_latest_state(jobs[0])[1]["dbdict"]["runs"] == 2
-    # a new job created in a marked directory takes the directory's mark away
-    assert all(os.path.exists(mark_path(d)) for d in fanout)
+    assert lives(parent) == []  # its final commit removed the requeue's marker
+    # a new job created in a marked directory is found (its directory is marked live)
+    assert run_cli("work", tree).returncode == 0  # the walk marks the directories again
+    assert all(os.path.exists(mark_path(d)) for d in fanout) and lives(tree) == []
     [new] = create_jobs(str(tree), [{"x": 100}], experiment("double"), name=os.path.relpath(jobs[1], tree) + "-b").created
     assert os.path.dirname(new) == os.path.dirname(jobs[1])
-    assert not os.path.exists(mark_path(os.path.dirname(new)))
+    assert lives(tree)
     assert run_cli("work", tree).returncode == 0 and status(new) == "done"
 
 
-def test_requeue_of_a_done_job_removes_its_mark_and_a_worker_runs_it_again(tree):
+def test_requeue_of_a_done_job_makes_it_live_and_a_worker_runs_it_again(tree):
     [job] = make(tree, 1)
     assert run_cli("work", tree).returncode == 0
     assert os.path.exists(mark_path(job))
     assert run_cli("requeue", tree, "--status", "done", "--force").returncode == 0
-    assert not os.path.exists(mark_path(job)) and status(job) == "ready"
+    assert status(job) == "ready" and lives(os.path.dirname(job))
     proc = run_cli("work", tree)
     assert proc.returncode == 0 and "done" in proc.stderr
     book = jd.read_latest_state(job)[1]["dbdict"]
     assert book["status"] == "done" and book["runs"] == 2
 
 
-def test_a_mark_made_after_a_newer_claim_is_taken_back(tree):
-    """The race of a marker that read `done` at epoch E with a requeue that linked E+1 and
-    removed the mark before the marker created it: the marker's re-listing sees E+1 and
-    takes its mark back, so the requeued job cannot stay hidden."""
+def test_a_mark_made_after_a_requeue_does_not_hide_the_job(tree):
+    """A marker that read `done` at epoch E creates its mark after a requeue linked E+1
+    (and the marker may die right after: it never has to undo anything): the requeue's
+    live marker, made before its link, is newer than E, so the job is still walked."""
     [job] = make(tree, 1)
     assert run_cli("work", tree).returncode == 0
-    done = jd.read_latest_state(job)[1]
-    epoch = done["dbdict"]["epoch"]
-    os.unlink(mark_path(job))
-    # A requeue's claim, linked after the marker read the final state.
-    held = booking.claim(job, force=True, purpose="requeue", wait=False, lease=30, heartbeat=2)
+    epoch = jd.read_latest_state(job)[1]["dbdict"]["epoch"]
+    held = booking.claim(job, force=True, purpose="requeue", wait=False, lease=30, heartbeat=2,
+                         before_link=lambda e: mark_live(job, e))
     state = held.state
     state["dbdict"].update(status="ready")
     held.write_state(state)
-    assert not mark_final(job, epoch)
-    assert not os.path.exists(mark_path(job))
+    mark_final(job, epoch, None)  # the late marker
+    assert os.path.exists(mark_path(job))
     assert [p for p, _, _ in Discovery(str(tree)).walk()] == [job]
+    # and the mark removes only markers not newer than its epoch
+    mark_final(job, epoch, epoch + 1)
+    assert lives(os.path.dirname(job)) == [f".live.{os.path.basename(job)}.{epoch + 1}"]
 
 
 def test_a_job_deleted_and_created_again_is_not_hidden_by_the_old_mark(tree):
@@ -204,9 +215,9 @@ def test_a_stale_hint_is_dropped_and_costs_nothing_more(tree):
 
     [job] = make(tree, 1)
     assert run_cli("work", tree).returncode == 0
-    hint(job, 9.0)  # a hint left over (its writer's job has run since)
-    with open(os.path.join(tree, HINTS, "garbage~..%2Fetc"), "w"):
+    hint(job, 9.0, 0)  # a hint left over (its state, epoch 0, is over: the job has run since)
+    with open(os.path.join(tree, HINTS, "garbage~..%2Fetc~0"), "w"):
         pass  # names outside the tree are never followed
     walk = Discovery(str(tree))
     assert list(walk.walk()) == []
-    assert os.listdir(os.path.join(tree, HINTS)) == ["garbage~..%2Fetc"]
+    assert os.listdir(os.path.join(tree, HINTS)) == ["garbage~..%2Fetc~0"]
