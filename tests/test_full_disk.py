@@ -72,12 +72,14 @@ def free(filler):
 
 def dot_entries(top):
     """Dot files and directories left anywhere under `top` (temporary builds, tokens), but
-    not the tree's own .dbdict/ marker (create makes it first)."""
+    not the tree's own .dbdict/ marker (create makes it first) nor discovery's final and live
+    markers (empty files that are part of the tree, dbdict_fs/discovery.py)."""
     found = []
     for root, dirs, files in os.walk(top):
         if os.path.samefile(root, top) and ".dbdict" in dirs:
             dirs.remove(".dbdict")
-        found += [os.path.join(root, n) for n in dirs + files if n.startswith(".")]
+        found += [os.path.join(root, n) for n in dirs + files
+                  if n.startswith(".") and not n.startswith((".live.", ".final."))]
     return found
 
 
@@ -174,7 +176,8 @@ def test_create_running_out_of_space_half_way(disk, tmp_path, leave_kb):
         jd.read_config(job)
     # directories made for the layout but never filled are not jobs either
     for root, dirs, files in os.walk(tree):
-        assert not any(n.startswith(".") and not (root == str(tree) and n == ".dbdict") for n in dirs + files)
+        assert not any(n.startswith(".") and not (root == str(tree) and n == ".dbdict")
+                       and not n.startswith((".live.", ".final.")) for n in dirs + files)
     free(filler)
     again = create_jobs(tree, [{"x": i, "pad": "p" * 3000} for i in range(40)], f"{exps}:fill_then_complete")
     assert len(again.created) == 40 - len(jobs) and len(again.skipped) == len(jobs)
