@@ -123,14 +123,25 @@ def committed_workdir_files(path, state):
     return own, inherited
 
 
-def run_chaos(tree, hosts, tmp_path, *, n_workers, n_jobs, duration, seed, finish_timeout):
+def run_chaos(tree, hosts, tmp_path, *, n_workers, n_jobs, duration, seed, finish_timeout,
+              lease=LEASE, heartbeat=HEARTBEAT, sides=None):
+    """`sides`: [(the tree as a host sees it, that host's name)]; the workers take turns
+    among them (tests/test_multihost.py: two caching mounts). Default: this host, `tree`."""
     rng = random.Random(seed)
     log = str(tmp_path / "runs.log")
     configs = [{"i": i, "log": log, "sleep": round(rng.uniform(0.2, 0.5), 2)} for i in range(n_jobs)]
     paths = create_jobs(tree, configs, f"{os.path.join(EXPERIMENTS, 'gap_exps.py')}:tagged").created
     assert len(paths) == n_jobs
-    argv = ["work", tree, "--wait", "--lease", LEASE, "--heartbeat", HEARTBEAT, "--max-attempts", 20, "-q"]
-    workers = [hosts.add(argv) for _ in range(n_workers)]
+    sides = sides or [(str(tree), None)]
+    started = []
+
+    def new_worker():
+        seen_as, host = sides[len(started) % len(sides)]
+        started.append(hosts.add(["work", seen_as, "--wait", "--lease", lease, "--heartbeat", heartbeat,
+                                  "--max-attempts", 20, "-q"], host=host))
+        return started[-1]
+
+    workers = [new_worker() for _ in range(n_workers)]
     counts = dict(kills=0, pauses=0, long_pauses=0, restarts=0, suspends=0)
     resume_at = {}  # worker -> (time at which it gets SIGCONT, the attempt's processes stopped with it,
     #                            and for those: the job and epoch a newer attempt must commit first)
@@ -164,20 +175,20 @@ def run_chaos(tree, hosts, tmp_path, *, n_workers, n_jobs, duration, seed, finis
                     w.kill9()
                     counts["kills"] += 1
                     workers.remove(w)
-                    workers.append(hosts.add(argv))  # a fresh worker takes the dead one's place
+                    workers.append(new_worker())  # a fresh worker takes the dead one's place
                     counts["restarts"] += 1
                 else:
                     # half the pauses outlast the lease: the job is stolen and the worker, when
                     # it resumes, must find itself fenced
-                    pause = rng.uniform(0.1, 1.2) if rng.random() < 0.5 else rng.uniform(LEASE + 0.5, 2 * LEASE)
+                    pause = rng.uniform(0.1, 1.2) if rng.random() < 0.5 else rng.uniform(lease + 0.5, 2 * lease)
                     counts["pauses"] += 1
-                    counts["long_pauses"] += pause > LEASE
+                    counts["long_pauses"] += pause > lease
                     w.signal(signal.SIGSTOP)
                     # a long pause stops the whole attempt (a SLURM suspend, a hung mount),
                     # long enough for a steal to commit first: its experiment wakes up still
                     # writing into its own workdir, which must not be what the job shows
                     suspended = sum(1 for _, a, _ in resume_at.values() if a)
-                    attempt = descendants(w.pid) if pause > LEASE and suspended < 2 else []
+                    attempt = descendants(w.pid) if pause > lease and suspended < 2 else []
                     for pid in attempt:
                         _signal(pid, signal.SIGSTOP)
                     job = attempt_job(attempt)
@@ -201,12 +212,12 @@ def run_chaos(tree, hosts, tmp_path, *, n_workers, n_jobs, duration, seed, finis
         time.sleep(0.1)
     resume_due(0, everyone=True)
     if not any(w.running() for w in workers):
-        workers.append(hosts.add(argv))  # someone must finish what is left
+        workers.append(new_worker())  # someone must finish what is left
 
     wait_for(lambda: all_done(paths), finish_timeout, interval=0.2,
              what="every job to be done after the chaos")
     for w in workers:  # --wait workers leave once nothing is ready or running
-        w.wait(LEASE * 4 + 30)
+        w.wait(lease * 4 + 30)
 
     runs = read_log(log)
     steals = twice = late_states = give_backs = workdir_own = workdir_inherited = 0
@@ -235,7 +246,7 @@ def run_chaos(tree, hosts, tmp_path, *, n_workers, n_jobs, duration, seed, finis
         workdir_own += own
         workdir_inherited += inherited
     assert sorted(runs) == list(range(n_jobs))
-    assert not procs.experiment_processes(tree), "an experiment outlived its worker"
+    assert not any(procs.experiment_processes(seen_as) for seen_as, _ in sides), "an experiment outlived its worker"
     counts.update(jobs=n_jobs, workers=n_workers, steals=steals, ran_twice=twice,
                   executions=sum(len(p) for p in runs.values()), hidden_late_states=late_states,
                   give_backs=give_backs, workdir_own=workdir_own, workdir_inherited=workdir_inherited,

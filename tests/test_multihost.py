@@ -4,9 +4,7 @@ counting FUSE mounts of one directory (tests/fsim), each with a 1 s attribute an
 Workers on mount A say they are host "a", those on B host "b" (the simulated-host seam), so no
 same-host fast path applies across them."""
 
-import json
 import os
-import random
 import signal
 import time
 
@@ -17,7 +15,8 @@ import procs
 from conftest import experiment
 from dbdict_fs import jobdir as jd
 from dbdict_fs.create import create_jobs
-from procs import check_job_files, read_log, wait_for
+from procs import read_log, wait_for
+from test_chaos import run_chaos
 
 REASON = fsim.available()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"counting FUSE filesystem unavailable: {REASON}")
@@ -95,79 +94,13 @@ def test_a_stopped_host_is_fenced_and_its_job_is_taken_over_by_the_other(mounts,
     assert os.readlink(os.path.join(job, "workdir")) == state["dbdict"]["workdir"]
 
 
-def all_done(paths):
-    for path in paths:
-        try:
-            if latest(path)[1]["dbdict"]["status"] != "done":
-                return False
-        except Exception:  # noqa: BLE001 - a listing racing a write: look again later
-            return False
-    return True
-
-
 def test_chaos_on_two_caching_hosts(mounts, hosts, tmp_path):
-    """Workers on two caching mounts, killed with kill -9 and paused beyond the lease at
-    random: every job ends done, its committed state is its own and under its top claim,
-    and no state was regressed (bounded for CI: about 25 s of chaos)."""
+    """test_chaos's run (kill -9, pauses beyond the lease, whole-attempt suspends) with the
+    workers taking turns between two caching mounts: every job ends done, its committed state
+    is its own and under its top claim, and no workdir file came from a fenced attempt
+    (bounded for CI: about 25 s of chaos)."""
     backing, a, b = mounts
-    rng = random.Random(20261203)
-    log = str(tmp_path / "runs.log")
-    tree = os.path.join(backing, "tree")
-    configs = [{"i": i, "log": log, "sleep": round(rng.uniform(0.2, 0.5), 2)} for i in range(40)]
-    paths = create_jobs(tree, configs, experiment("append_log")).created
-    sides = [(a, "a"), (b, "b")]
-
-    def start(k):
-        m, name = sides[k % 2]
-        return hosts.add(argv_for(m, "tree", "--wait", "--max-attempts", 20), host=name)
-
-    workers = [start(k) for k in range(4)]
-    counts = dict(kills=0, pauses=0, long_pauses=0)
-    resume_at = {}
-    began = time.monotonic()
-    next_action = began + rng.uniform(0.5, 1.0)
-    while time.monotonic() - began < 25 and not all_done(paths):
-        now = time.monotonic()
-        for w, at in list(resume_at.items()):
-            if now >= at:
-                w.signal(signal.SIGCONT)
-                del resume_at[w]
-        if now >= next_action:
-            next_action = now + rng.uniform(0.4, 1.0)
-            live = [w for w in workers if w.running() and w not in resume_at]
-            if live:
-                w = rng.choice(live)
-                if rng.random() < 0.4:
-                    w.kill9()
-                    counts["kills"] += 1
-                    k = workers.index(w)
-                    workers[k] = start(k)
-                else:
-                    pause = rng.uniform(0.2, 1.5) if rng.random() < 0.5 else rng.uniform(LEASE + 0.5, 1.6 * LEASE)
-                    counts["pauses"] += 1
-                    counts["long_pauses"] += pause > LEASE
-                    w.signal(signal.SIGSTOP)
-                    resume_at[w] = now + pause
-        time.sleep(0.05)
-    for w in list(resume_at):
-        w.signal(signal.SIGCONT)
-    if not any(w.running() for w in workers):
-        workers.append(start(0))
-    wait_for(lambda: all_done(paths), 240, interval=0.3, what="every job done after the chaos")
-    for w in workers:
-        w.wait(LEASE * 4 + 60)
-    runs = read_log(log)
-    assert sorted(runs) == list(range(40))
-    steals = 0
-    for i, path in enumerate(paths):
-        states = check_job_files(path)  # every state file parses and says its own epoch
-        listing, state = latest(path)
-        book = state["dbdict"]
-        assert book["status"] == "done" and state["result"] == i, (path, book)
-        assert book["epoch"] == listing.claim_epoch, (path, book["epoch"], listing.claim_epochs)
-        assert max(states) == book["epoch"]  # no newer state file was hidden or regressed
-        steals += len(listing.claim_epochs) > 1
-    assert not procs.experiment_processes(a.mnt) and not procs.experiment_processes(b.mnt)
-    counts.update(steals=steals, executions=sum(len(p) for p in runs.values()))
-    print("\nchaos on two caching hosts:", json.dumps(counts, sort_keys=True))
+    counts = run_chaos(os.path.join(backing, "tree"), hosts, tmp_path, n_workers=4, n_jobs=40, duration=25,
+                       seed=20261203, finish_timeout=240, lease=LEASE, heartbeat=HEARTBEAT,
+                       sides=[(a.path("tree"), "a"), (b.path("tree"), "b")])
     assert counts["kills"] >= 2 and counts["pauses"] >= 2, counts  # the chaos really happened
