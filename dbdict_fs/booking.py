@@ -562,8 +562,9 @@ def claim(jobdir, *, identity=None, observer=None, lease=DEFAULT_LEASE, heartbea
     """Book a job: read its state, and link claim.<top+1> if it is runnable (or if `force`).
 
     `first`: the (listing, state) the caller has just read (discovery), so it is not read
-    twice. `before_link(epoch)`: called just before the link (a requeue's live markers). Returns a Claim whose `.state` is the state read after winning; raises
-    NotRunnable when the job is held, final, or another process won the race.
+    twice. `before_link(epoch)`: called just before the link (a requeue's live markers).
+    Returns a Claim whose `.state` is the state read after winning; raises NotRunnable when
+    the job is held, final, or another process won the race.
     """
     identity = identity or Identity.current()
     observer = observer or Observer(identity)
@@ -585,7 +586,7 @@ def claim(jobdir, *, identity=None, observer=None, lease=DEFAULT_LEASE, heartbea
     if not link_claim(jobdir, epoch, token):
         raise NotRunnable(held_message(jobdir, epoch, _read_token(jobdir, epoch), booked=True))
     observer.forget(jobdir)
-    if not force and _settled(listing, state):
+    if not force and plain_ready(listing, state):
         # A `ready` state with no claim above it is its writer's last act (a run's requeue,
         # a give-back, a command, create): no one but us may write a state now, so the read
         # we judged on is the state our epoch starts from (DESIGN.md 9.e). Saves a listing
@@ -597,7 +598,7 @@ def claim(jobdir, *, identity=None, observer=None, lease=DEFAULT_LEASE, heartbea
     return Claim(jobdir, epoch, token, state, linked_at, names=listing.names)
 
 
-def _settled(listing, state):
+def plain_ready(listing, state):
     """The state read is `ready` and no claim is newer than it: nobody holds the job."""
     book = state["dbdict"]
     return book["status"] == "ready" and listing.claim_epoch <= book["epoch"]

@@ -81,7 +81,7 @@ def compose(generator, grid):
     return configs()
 
 
-TREE_MARKER = ".dbdict"  # a directory: what makes an empty directory a tree (slurm/ lives in it)
+TREE_MARKER = jd.META_DIR  # a directory: what makes an empty directory a tree (slurm/, hints/ live in it)
 
 
 def mark_tree(tree):

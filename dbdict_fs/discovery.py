@@ -44,7 +44,7 @@ from .errors import CorruptJob, JobNotFound
 
 MARK = ".final."
 LIVE = ".live."
-HINTS = os.path.join(".dbdict", "hints")  # in the tree: ready jobs above the default priority
+HINTS = os.path.join(jd.META_DIR, "hints")  # in the tree: ready jobs above the default priority
 DEFAULT_PRIORITY = 1.0
 FINAL = booking.FINAL
 WATCH_SAMPLE = 16  # held jobs re-judged per waiting pass
@@ -131,7 +131,7 @@ def tree_of(jobdir, levels=8):
     """The tree a job belongs to: the nearest directory above it that holds `.dbdict/`."""
     path = os.path.dirname(os.path.normpath(os.fspath(jobdir)))
     for _ in range(levels):
-        if os.path.isdir(os.path.join(path, ".dbdict")):
+        if os.path.isdir(os.path.join(path, jd.META_DIR)):
             return path
         parent = os.path.dirname(path)
         if parent == path:
@@ -195,14 +195,14 @@ class Discovery:
     def __init__(self, tree, rng=None):
         self.tree = os.fspath(tree)
         self.rng = rng or random.Random()
-        self.held = {}     # jobdir -> epoch of the claim it was seen held under
+        self.held = set()  # jobdirs seen held by another process (watched while --wait polls)
         self.damaged = {}  # jobdir -> reason (said once, never retried)
         self.marked = 0    # final jobs this worker marked (counted, for tests)
         self.pending = []  # directories not listed yet in a waiting worker's slow walk
         self.hinted = {}   # jobdir -> its priority hint's path (removed once we book the job)
         # Directories are marked final only inside a tree made by `create` (it holds .dbdict/):
         # that is where a requeue's live markers reach (mark_live), so a mark can be undone.
-        root = self.tree if os.path.isdir(os.path.join(self.tree, ".dbdict")) else tree_of(self.tree)
+        root = self.tree if os.path.isdir(os.path.join(self.tree, jd.META_DIR)) else tree_of(self.tree)
         self.mark_dirs = root is not None
 
     # -- one full walk -------------------------------------------------------------
@@ -231,11 +231,11 @@ class Discovery:
                 continue  # through a symlink, outside the tree: never followed (nor removed)
             sub = _list(path)
             found, _ = self._read(path, sub) if sub is not None and jd.CONFIG in sub else (None, False)
-            if found is None or isinstance(found[2], Exception) or not _plain_ready(found[1], found[2]) \
-                    or found[2]["dbdict"]["epoch"] != epoch:
-                if found is None or isinstance(found[2], Exception) or found[1].claim_epoch > epoch \
-                        or found[2]["dbdict"]["epoch"] > epoch:
-                    _unlink(path_of_hint)  # that state is over: its hint with it
+            if found is None or isinstance(found[2], Exception) or found[1].claim_epoch > epoch \
+                    or found[2]["dbdict"]["epoch"] > epoch:
+                _unlink(path_of_hint)  # that state is over: its hint with it
+                continue
+            if found[2]["dbdict"]["epoch"] != epoch or not booking.plain_ready(found[1], found[2]):
                 continue
             self.hinted[path] = path_of_hint
             yield found
@@ -299,13 +299,12 @@ class Discovery:
                 listing, state = jd.read_latest_state(path)
         except JobNotFound:
             return None, False
-        except CorruptJob as exc:
-            self.damaged[path] = str(exc)
-            self.held.pop(path, None)
+        except CorruptJob as exc:  # the caller says so once and adds it to `damaged`
+            self.held.discard(path)
             return (path, listing, exc), False
         book = state["dbdict"]
         if book["status"] in FINAL and listing.claim_epoch <= book["epoch"]:
-            self.held.pop(path, None)
+            self.held.discard(path)
             self.marked += _touch(mark_path(path))
             live = False
             for token, marker in lives:
@@ -319,12 +318,12 @@ class Discovery:
         return (path, listing, state), False
 
     # -- a waiting worker ------------------------------------------------------------
-    def saw_held(self, jobdir, epoch):
-        self.held[jobdir] = epoch
+    def saw_held(self, jobdir):
+        self.held.add(jobdir)
 
     def taken(self, jobdir):
         """We booked the job: stop watching it, and drop its priority hint."""
-        self.held.pop(jobdir, None)
+        self.held.discard(jobdir)
         hint_path = self.hinted.pop(jobdir, None)
         if hint_path:
             _unlink(hint_path)
@@ -337,7 +336,7 @@ class Discovery:
         for path in sample:
             names = _list(path)
             if names is None or jd.CONFIG not in names:
-                self.held.pop(path, None)
+                self.held.discard(path)
                 continue
             found, _ = self._read(path, names)
             if found:
@@ -363,11 +362,6 @@ def _marks(names):
             if dot and name:
                 lives.setdefault(name, []).append((token, n))
     return marked, lives
-
-
-def _plain_ready(listing, state):
-    book = state["dbdict"]
-    return book["status"] == "ready" and listing.claim_epoch <= book["epoch"]
 
 
 def _list(path):

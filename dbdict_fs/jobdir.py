@@ -33,7 +33,6 @@ _STATE_RE = re.compile(r"^state\.(\d+)\.yaml$")
 _CLAIM_RE = re.compile(r"^claim\.(\d+)$")
 _WORKDIR_RE = re.compile(r"^workdir\.(\d+)$")  # attempt directories, DESIGN.md 5.1
 
-
 def unique_suffix():
     """`<pid>.<8 hex>`: names a transient file no other process can be using.
 

@@ -358,10 +358,12 @@ def run_job(jobdir, **options):
         return run_claimed(held, opts, signals)
 
 
-def check_job(jobdir):
-    """Refuse a job whose files are damaged before claiming it: nothing is written then."""
+def check_job(jobdir, state=None):
+    """Refuse a job whose files are damaged before claiming it: nothing is written then.
+    `state`: its latest state, when the caller has just read it."""
     config = jd.read_config(jobdir)
-    _, state = jd.read_latest_state(jobdir)
+    if state is None:
+        _, state = jd.read_latest_state(jobdir)
     jd.check_agrees(state, config, jobdir)
 
 
@@ -796,7 +798,8 @@ class _WorkLoop:
         self.identity = booking.Identity.current()
         self.observer = booking.Observer(self.identity)
         self.discovery = None if select_rows else Discovery(tree)
-        self.damaged = {}  # path -> reason: jobs check_job refused (said once, never waited for)
+        # path -> reason: jobs check_job refused (said once, never waited for); the walk skips them
+        self.damaged = self.discovery.damaged if self.discovery else {}
         self.counts = {}
         self.ran = 0
         self.signals = None
@@ -843,10 +846,7 @@ class _WorkLoop:
             self._damaged(path, first[1])
             return None
         try:
-            if first is None:
-                check_job(path)
-            else:
-                jd.check_agrees(first[1], jd.read_config(path), path)
+            check_job(path, first[1] if first else None)
         except (CorruptJob, JobNotFound) as exc:
             self._damaged(path, exc)
             return None
@@ -855,7 +855,7 @@ class _WorkLoop:
                                  heartbeat=self.opts.heartbeat, wait=True, first=first)
         except NotRunnable:
             if disc is not None:
-                disc.saw_held(path, None)  # held (or just taken): watched while --wait polls
+                disc.saw_held(path)  # held (or just taken): watched while --wait polls
             return None
         except (CorruptJob, JobNotFound):
             return None
@@ -876,8 +876,6 @@ class _WorkLoop:
         if path in self.damaged:
             return
         self.damaged[path] = str(exc)
-        if self.discovery is not None:
-            self.discovery.damaged[path] = str(exc)
         _warn(self.opts, f"skipping a damaged job: {exc}")
 
 

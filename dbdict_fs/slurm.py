@@ -475,17 +475,25 @@ def submission_health(tree, squeue="squeue", timeout=15):
     return records
 
 
-def tasks_running(jobs, squeue="squeue", timeout=15):
-    """{job id: number of its tasks in a live state} in one squeue call, or None."""
+def _squeue(ids, squeue, timeout):
+    """One `squeue -h -j IDS -o "%i %T"` call: its CompletedProcess, or None when squeue is
+    missing or did not answer in time."""
     import shutil
     import subprocess
 
     if shutil.which(squeue) is None:
         return None
     try:
-        proc = subprocess.run([squeue, "-h", "-j", ",".join(jobs), "-o", "%i %T"], capture_output=True,
+        return subprocess.run([squeue, "-h", "-j", ",".join(ids), "-o", "%i %T"], capture_output=True,
                               text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def tasks_running(jobs, squeue="squeue", timeout=15):
+    """{job id: number of its tasks in a live state} in one squeue call, or None."""
+    proc = _squeue(jobs, squeue, timeout)
+    if proc is None:
         return None
     if proc.returncode != 0 and "invalid job id" not in proc.stderr.lower():
         return None
@@ -518,17 +526,10 @@ def jobs_gone(cluster_jobs, squeue="squeue", timeout=15):
     Gone means squeue does not list it in a state where its processes may live: finished,
     purged, unknown, or PENDING again (requeued: the run that booked the job is over).
     """
-    import shutil
-    import subprocess
-
     ids = sorted({str(j) for j in cluster_jobs if j})
     result = {j: None for j in ids}
-    if not ids or shutil.which(squeue) is None:
-        return result
-    try:
-        proc = subprocess.run([squeue, "-h", "-j", ",".join(ids), "-o", "%i %T"], capture_output=True,
-                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired):
+    proc = _squeue(ids, squeue, timeout) if ids else None
+    if proc is None:
         return result
     if proc.returncode != 0:
         if "invalid job id" in proc.stderr.lower():
