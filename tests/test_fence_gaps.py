@@ -49,6 +49,14 @@ def stopped_at(marker, proc):
     return pid
 
 
+def paused_run(job, seams, procs_to_end):
+    """`dbdict run JOB` on host a, stopping itself at the seams (`point:status:marker`,...)."""
+    a = subprocess.Popen(CLI + ["run", job, *SHORT], env=env_for("host-a", seams),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs_to_end.append(a)
+    return a
+
+
 def steal_and_finish(tree):
     """Another host's worker: waits out the stopped holder's lease, steals, commits done."""
     b = subprocess.run(CLI + ["work", str(tree), "--wait", *SHORT], env=env_for("host-b"),
@@ -95,9 +103,7 @@ def test_a_commit_hidden_by_a_newer_claim_is_reported_lost_not_done(tree, tmp_pa
     4 saying it lost the job (never `done`), and removes its hidden state."""
     job = one_job(tree)
     marker = str(tmp_path / "a-checked")
-    a = subprocess.Popen(CLI + ["run", job, *SHORT], env=env_for("host-a", f"write:done:{marker}"),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    procs_to_end.append(a)
+    a = paused_run(job, f"write:done:{marker}", procs_to_end)
     stopped_at(marker, a)
     steal_and_finish(tree)
     state = read_state(job)
@@ -115,9 +121,7 @@ def test_a_rename_whose_temporary_file_a_newer_commit_swept_is_lost_too(tree, tm
     temporary file (it could only become a hidden state), so A's rename fails: lost, 4."""
     job = one_job(tree)
     marker = str(tmp_path / "a-before-rename")
-    a = subprocess.Popen(CLI + ["run", job, *SHORT], env=env_for("host-a", f"state:done:{marker}"),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    procs_to_end.append(a)
+    a = paused_run(job, f"state:done:{marker}", procs_to_end)
     stopped_at(marker, a)
     steal_and_finish(tree)
     assert tmp_states(job) == []
@@ -148,9 +152,7 @@ def test_state_link_never_names_a_removed_state_once_writers_settle(tree, tmp_pa
     lands on the removed file: A sees it and repoints it at the newest state."""
     job = one_job(tree)
     marker = str(tmp_path / "a-before-link")
-    a = subprocess.Popen(CLI + ["run", job, *SHORT], env=env_for("host-a", f"link:running:{marker}"),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    procs_to_end.append(a)
+    a = paused_run(job, f"link:running:{marker}", procs_to_end)
     stopped_at(marker, a)
     assert os.readlink(os.path.join(job, jd.STATE_LINK)) == "state.0.yaml"
     steal_and_finish(tree)
@@ -191,9 +193,7 @@ def test_a_late_writer_killed_after_the_final_commit_is_swept_by_the_next_read(t
     script's `ready` check)."""
     job = one_job(tree)
     m1, m2 = str(tmp_path / "a-before-write"), str(tmp_path / "a-before-rename")
-    a = subprocess.Popen(CLI + ["run", job, *SHORT], env=env_for("host-a", f"write:done:{m1},state:done:{m2}"),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    procs_to_end.append(a)
+    a = paused_run(job, f"write:done:{m1},state:done:{m2}", procs_to_end)
     stopped_at(m1, a)
     steal_and_finish(tree)
     assert tmp_states(job) == []

@@ -6,6 +6,10 @@ tree. Where a process must be caught between two of its steps, it runs under
 `strace -P <one path> --inject=openat:delay_enter=..:delay_exit=..`: only the open that
 creates that one mark is held, everything else runs at full speed. The tests wait for
 conditions (the strace line of the held call, the mark's appearance), never for fixed times.
+
+The docstrings tell each interleaving as it broke the first design of the marks (whose
+`unmark_final` and `mark_final_dir` undid marks by unlinking them); docs/design.md 9.e says
+what replaced it, and these tests are what it must keep passing.
 """
 
 import os
@@ -22,7 +26,13 @@ from dbdict_fs.discovery import mark_path
 
 from conftest import experiment, pid_gone, run_cli, wait_for
 
-needs_strace = pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+@pytest.fixture
+def strace_required():
+    if shutil.which("strace") is None:
+        pytest.fail("strace is missing: apt-get install strace (.ci/run installs it)")
+
+
+needs_strace = pytest.mark.usefixtures("strace_required")
 HOLD = 120_000_000  # µs: "forever" for a held call (the test releases or kills the process)
 ENTER = 15_000_000  # µs: the window in which the test's command runs before the held call
 
