@@ -4,7 +4,8 @@ It never writes state itself: `channel.save()` and the final result go to the wo
 commits them under its claim. It dies with its worker: PR_SET_PDEATHSIG (set by the worker
 before exec), EOF on the control pipe, or no ping for half the lease (a SIGSTOPped worker).
 
-Run as `python -m dbdict_fs.child CONTROL_FD RESULT_FD`.
+Run as `python -m dbdict_fs.child CONTROL_FD RESULT_FD`, or, with `--preload`, as
+`run_forked()` in a fork of the worker's zygote (dbdict_fs.zygote).
 """
 
 import json
@@ -217,6 +218,32 @@ def main(argv=None):
         outcome = "complete"
     _send_final(link, {"op": "result", "returned": outcome, "state": state})
     return 0
+
+
+def run_forked(control_fd, result_fd):
+    """main() in a process forked from a zygote instead of a fresh interpreter: the same
+    argv, then what the interpreter's exit would do (join the threads the experiment left
+    running, run its atexit functions, flush). Returns the exit code."""
+    sys.argv = [os.path.abspath(__file__), str(control_fd), str(result_fd)]
+    try:
+        code = main([str(control_fd), str(result_fd)])
+    except SystemExit as exc:
+        code = exc.code
+    try:
+        threading._shutdown()  # what Py_FinalizeEx does first: wait for non-daemon threads
+    except (AttributeError, RuntimeError):
+        pass
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    if code is None:
+        return 0
+    return code if isinstance(code, int) else 1
 
 
 def _print_user_traceback(exc):

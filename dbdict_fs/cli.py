@@ -156,7 +156,7 @@ def cmd_work(args):
         print(f"{outcome.status:8} {outcome.jobdir}{detail}", file=sys.stderr)
 
     counts = work(args.tree, max_jobs=args.max_jobs, wait=args.wait, select_rows=select_rows,
-                  on_outcome=report, **_run_options(args))
+                  on_outcome=report, preload=args.preload, **_run_options(args))
     interrupted = counts.pop("interrupted", 0)
     if not counts and not interrupted:
         from . import jobdir as jd
@@ -362,6 +362,9 @@ examples:
         p.add_argument("--max-jobs", type=_positive_int, metavar="N", help="stop after N jobs")
         p.add_argument("--wait", action="store_true",
                        help="keep polling while jobs run elsewhere (takes over stale ones)")
+        p.add_argument("--preload", metavar="MOD[,MOD...]",
+                       help="import these modules once, in a zygote that forks each experiment "
+                            "(e.g. numpy,torch: short GPU jobs; they must not start CUDA at import)")
         _add_run_options(p)
 
     p = add("cmdline", cmd_cmdline, "run an experiment once in a fresh job directory", f"""

@@ -4,6 +4,7 @@ The worker holds the claim and heartbeats; the experiment runs in a child proces
 (dbdict_fs.child) in its own process group, and only the worker writes state.
 """
 
+import contextlib
 import copy
 import ctypes
 import errno
@@ -60,6 +61,7 @@ class Options:
     restart_priority: float = RESTART_PRIORITY
     scratch: str = None
     quiet: bool = False
+    preload: tuple = None  # work --preload: modules a zygote imports once (dbdict_fs.zygote)
 
     def __post_init__(self):
         if self.lease is None:
@@ -85,6 +87,10 @@ class Options:
             raise UsageError(f"restart priority must be a finite number, not {self.restart_priority!r}")
         if self.scratch is not None and not os.path.isdir(self.scratch):
             raise UsageError(f"--scratch {self.scratch}: no such directory")
+        if self.preload is not None:
+            from .zygote import parse_modules
+
+            self.preload = parse_modules(self.preload)
 
 
 def make_options(**kwargs):
@@ -183,69 +189,205 @@ def _shepherd_preexec(worker):
     return preexec
 
 
-def _spawn_child(cwd, out, err, env_extra, fence_after):
-    """Start the shepherd (dbdict_fs.shepherd), which starts the experiment (dbdict_fs.child)
-    with the control and result pipes passed through. Returns (proc, control, result_fd,
-    shepherd_fd, experiment pid)."""
+def _child_env(env_extra):
+    """The environment of the attempt's processes (and of a --preload zygote)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **env_extra)
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _child_cmd(control_r, result_w):
+    # -P (3.11+): `-m` would put the cwd (the job's workdir, in the shared tree) first on
+    # sys.path, and every import would list it on the file server.
+    safe = ["-P"] if sys.version_info >= (3, 11) else []
+    return [sys.executable, *safe, "-m", "dbdict_fs.child", str(control_r), str(result_w)]
+
+
+class _ShepherdHandle:
+    """The worker's view of an attempt's shepherd: its pid and its report pipe, whose
+    `exit N` line and EOF say, without polling, that every process of the attempt is gone
+    (the shepherd writes it after its last kill). The part of Popen's interface the attempt
+    uses (wait, poll, kill, pid), whether the shepherd is the worker's child or a zygote's."""
+
+    def __init__(self, pid, report_fd, own):
+        self.pid, self._fd, self._own = pid, report_fd, own
+        self._buf = b""
+        self.returncode = None
+
+    def fileno(self):
+        return self._fd
+
+    def read_line(self, timeout):
+        """The shepherd's first line (`pid N` or `error ERRNO REASON`), or b"" if it ended
+        without one or said nothing within `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return b""
+            try:
+                ready, _, _ = select.select([self._fd], [], [], left)
+            except InterruptedError:
+                continue
+            if ready:
+                chunk = os.read(self._fd, 4096)
+                if not chunk:
+                    return b""
+                self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        os.set_blocking(self._fd, False)
+        return line
+
+    def poll(self):
+        if self.returncode is not None or self._fd is None:
+            return self.returncode
+        while True:
+            try:
+                chunk = os.read(self._fd, 4096)
+            except BlockingIOError:
+                return None
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            self._buf += chunk
+        code = None
+        for line in self._buf.split(b"\n"):
+            if line.startswith(b"exit "):
+                code = int(line.split()[1])
+        status = None
+        if self._own:
+            try:
+                _, status = os.waitpid(self.pid, 0)  # exiting now: it closed its pipe
+            except ChildProcessError:
+                pass
+        if code is None:  # killed itself (by the OOM killer, by someone's kill -9)
+            died = os.waitstatus_to_exitcode(status) if status is not None else -signal.SIGKILL
+            code = 128 - died if died < 0 else died
+        os.close(self._fd)
+        self._fd, self.returncode = None, code
+        return code
+
+    def wait(self, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired("the attempt's shepherd", timeout)
+            try:
+                select.select([self._fd], [], [], left)
+            except InterruptedError:
+                pass
+        return self.returncode
+
+    def kill(self):
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _start_shepherd(cwd, stdio, env, fence_after, zygote=None):
+    """Start the attempt's shepherd, which starts the experiment with the control and result
+    pipes passed through, one of three ways (docs/design.md 9.h): forked by the --preload
+    `zygote` (the experiment is a fork of it too), forked from this worker when it has one
+    thread, or a fresh interpreter (`python -m dbdict_fs.shepherd`). Returns (handle,
+    control, result_fd, shepherd_fd, experiment pid), or None when the zygote did not start
+    it (nothing of that try is left running: the caller tries another way)."""
+    from . import shepherd
+
     control_r, control_w = os.pipe()
     result_r, result_w = os.pipe()
     shep_r, shep_w = os.pipe()
     report_r, report_w = os.pipe()
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **env_extra)
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     theirs = (control_r, result_w, shep_r, report_w)
-    # -P (3.11+): `-m` would put the cwd (the job's workdir, in the shared tree) first on
-    # sys.path, and every import would list it on the file server.
-    safe = ["-P"] if sys.version_info >= (3, 11) else []
+    ours = [control_w, result_r, shep_w, report_r]
+    proc = None
     try:
-        proc = subprocess.Popen(
-            [sys.executable, *safe, "-m", "dbdict_fs.shepherd", str(shep_r), str(report_w), repr(float(fence_after)),
-             f"{control_r},{result_w}", "--",
-             sys.executable, *safe, "-m", "dbdict_fs.child", str(control_r), str(result_w)],
-            cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
-            pass_fds=theirs, preexec_fn=_shepherd_preexec(os.getpid()), close_fds=True)
+        if zygote is not None:
+            pid = zygote.fork_attempt((*stdio, *theirs), cwd, env, float(fence_after))
+            if pid is not None:
+                proc = _ShepherdHandle(pid, report_r, own=False)
+        elif shepherd.thread_count() == 1:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()  # a fork must not carry our unwritten output
+            pid = shepherd.fork_shepherd(shep_r, report_w, float(fence_after), (control_r, result_w), stdio, cwd,
+                                         cmd=_child_cmd(control_r, result_w), env=env)
+            proc = _ShepherdHandle(pid, report_r, own=True)
+        else:  # a fork of a threaded process may inherit a lock held forever: a fresh one
+            safe = ["-P"] if sys.version_info >= (3, 11) else []
+            popen = subprocess.Popen(
+                [sys.executable, *safe, "-m", "dbdict_fs.shepherd", str(shep_r), str(report_w),
+                 repr(float(fence_after)), f"{control_r},{result_w}", "--", *_child_cmd(control_r, result_w)],
+                cwd=cwd, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2], env=env,
+                pass_fds=theirs, preexec_fn=_shepherd_preexec(os.getpid()), close_fds=True)
+            popen.returncode = 0  # reaped through its handle, never by Popen
+            proc = _ShepherdHandle(popen.pid, report_r, own=True)
     except BaseException:
-        for fd in (control_w, result_r, shep_w, report_r):
+        for fd in ours:
             os.close(fd)
         raise
     finally:
         for fd in theirs:
             os.close(fd)
-    for fd in (control_w, result_r, shep_w, report_r):
+    line = proc.read_line(60) if proc is not None else b""
+    if not line.startswith(b"pid "):
+        for fd in ours[:3]:
+            os.close(fd)  # EOF on the shepherd's pipe: it ends whatever it started
+        if proc is not None:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        else:
+            os.close(report_r)
+        if line.startswith(b"error "):  # it could not enter the workdir: the job's own damage
+            _, code, reason = (line.decode(errors="replace").split(" ", 2) + [""])[:3]
+            raise OSError(int(code) if code.isdigit() else errno.EIO, reason, cwd)
+        return None
+    for fd in ours[:3]:
         os.set_inheritable(fd, False)
     # Non-blocking: a process the experiment forked may hold the pipe's write end open after
     # the experiment itself died, so reads must never wait for an EOF that may not come.
     os.set_blocking(result_r, False)
     os.set_blocking(shep_w, False)  # a ping must never block the worker (a stopped shepherd)
-    exp_pid = None
-    data = b""
-    deadline = time.monotonic() + 60
-    try:
-        while b"\n" not in data and time.monotonic() < deadline:
-            ready, _, _ = select.select([report_r], [], [], 1.0)
-            if ready:
-                chunk = os.read(report_r, 64)
-                if not chunk:
-                    break
-                data += chunk
-        if data.startswith(b"pid "):
-            exp_pid = int(data.split()[1])
-    finally:
-        os.close(report_r)
-    return proc, os.fdopen(control_w, "w", encoding="utf-8"), result_r, shep_w, exp_pid
+    return proc, os.fdopen(control_w, "w", encoding="utf-8"), result_r, shep_w, int(line.split()[1])
+
+
+def _spawn_child(cwd, out, err, env_extra, fence_after, preload=None, warn=None):
+    """Start the attempt's shepherd and experiment (see _start_shepherd); with `preload`, from
+    this worker's zygote when it can. Returns (handle, control, result_fd, shepherd_fd,
+    experiment pid); OSError when the experiment could not be started."""
+    env = _child_env(env_extra)
+    with open(os.devnull, "rb") as stdin:
+        stdio = (stdin.fileno(), out.fileno(), err.fileno())
+        if preload:
+            from . import zygote
+
+            started = _start_shepherd(cwd, stdio, env, fence_after,
+                                      zygote.for_worker(preload, _child_env({}), warn or _say))
+            if started is not None:
+                return started
+        started = _start_shepherd(cwd, stdio, env, fence_after)
+    if started is None:
+        raise OSError(errno.ECHILD, "the experiment's shepherd did not start it")
+    return started
+
+
+def _say(text):
+    sys.stderr.write(f"dbdict: {text}\n")
+    sys.stderr.flush()
 
 
 class Child:
     """The worker's handle on the experiment process and its two pipes."""
 
-    def __init__(self, cwd, out, err, env_extra, fence_after=300.0):
+    def __init__(self, cwd, out, err, env_extra, fence_after=300.0, preload=None, warn=None):
         self.proc, self._control, self.result_fd, self._shepherd, pid = _spawn_child(
-            cwd, out, err, env_extra, fence_after)
+            cwd, out, err, env_extra, fence_after, preload, warn)
         self.shepherd = [self.proc.pid, booking.process_start_ticks(self.proc.pid)]
-        if pid is None:  # the shepherd could not start the experiment
-            self.close()
-            raise OSError(errno.ECHILD, "the experiment's shepherd did not start it")
         self.pid = pid  # the experiment's process, leader of its own process group
         self._buf = b""
         self.eof = False
@@ -424,7 +566,7 @@ def run_claimed(held, opts, signals):
             out.flush()
             err.flush()
             child = Child(scratch.path if scratch else cwd, out, err,
-                          {"DBDICT_JOBDIR": os.path.abspath(held.jobdir)}, opts.lease / 2)
+                          {"DBDICT_JOBDIR": os.path.abspath(held.jobdir)}, opts.lease / 2, opts.preload)
     except OSError as exc:
         if scratch:
             scratch.remove()
@@ -486,6 +628,7 @@ class _Attempt:
 
     def loop(self):
         fds = [self.child.result_fd] + ([self.signals.fd] if self.signals.fd is not None else [])
+        fds.append(self.child.proc.fileno())  # the shepherd's report pipe: its EOF is the attempt's end
         while True:
             timeout = max(0.0, min(self._deadlines()) - booking.boottime())
             try:
@@ -764,7 +907,7 @@ def work(tree, *, max_jobs=None, wait=False, poll=None, select_rows=None, on_out
         raise UsageError(f"--max-jobs must be a whole number >= 1, not {max_jobs!r}")
     poll = poll if poll is not None else min(opts.heartbeat, 10.0)
     loop = _WorkLoop(tree, opts, max_jobs, select_rows, on_outcome)
-    with StopSignals() as signals:
+    with StopSignals() as signals, _preloaded(opts, signals):
         loop.signals = signals
         backoff = poll / 4
         full = True  # the next pass walks the whole tree (else: held jobs and one directory)
@@ -787,6 +930,23 @@ def work(tree, *, max_jobs=None, wait=False, poll=None, select_rows=None, on_out
     if signals.stop:
         loop.counts["interrupted"] = 1
     return loop.counts
+
+
+@contextlib.contextmanager
+def _preloaded(opts, signals):
+    """With --preload: this worker's zygote, started (and its imports waited for) before the
+    first claim, so no lease runs meanwhile; ended with the worker."""
+    if not opts.preload:
+        yield
+        return
+    from . import zygote
+
+    z = zygote.for_worker(opts.preload, _child_env({}), _say)
+    try:
+        z.wait_ready(zygote.START_TIMEOUT, also=signals.fd)
+        yield
+    finally:
+        zygote.close_all()
 
 
 class _WorkLoop:

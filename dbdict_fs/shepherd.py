@@ -15,15 +15,26 @@ and exits only once they are all gone, with the experiment's exit status (128 + 
 was killed by signal N). Its pid and start ticks are in the attempt's state (`shepherd`), so
 the same-host fast path treats the holder as gone only when the shepherd is gone too.
 
-Run as `python -m dbdict_fs.shepherd CTL_FD REPORT_FD FENCE_AFTER PASS_FDS -- CMD...`:
-it writes `pid <experiment pid>` on REPORT_FD once the experiment is started.
+It writes `pid <experiment pid>` on REPORT_FD once the experiment is started (or `error
+<errno> <reason>` when it cannot start it), and `exit <code>` just before it exits; the EOF
+that follows tells the worker, without polling, that every process of the attempt is gone.
+
+Two ways to start it (docs/design.md 9.h):
+
+* `fork_shepherd()`: a fork of a single-threaded process (the worker itself, or a worker's
+  preload zygote), which never runs the worker's code again: no interpreter start. With
+  `fork_main`, the experiment's process is a fork of the shepherd too (the zygote's
+  preloaded modules come with it); without, it is a fresh interpreter (`cmd`).
+* `python -m dbdict_fs.shepherd CTL_FD REPORT_FD FENCE_AFTER PASS_FDS -- CMD...`: a fresh
+  interpreter, for a worker that has threads (a fork of it could inherit a lock held by
+  another thread, forever).
 """
 
 import ctypes
+import gc
 import os
 import select
 import signal
-import subprocess
 import sys
 import time
 
@@ -79,32 +90,151 @@ def attempt_processes(root, pgid):
     return [pid for pid in found if procs.get(pid, (b"Z",))[0] not in (b"Z", b"X")]
 
 
+def test_stop(step):
+    """Test seam: DBDICT_TEST_STOP_AT=<step>:<marker>[,...] makes the process that reaches
+    <step> of an attempt's start write <marker> (its pid) and SIGSTOP itself, once per marker:
+    `zygote-request` (the zygote got a request, before it forks), `shepherd-forked` (a forked
+    shepherd, before it starts the experiment), `experiment-started` (the shepherd, after it
+    started the experiment, before it reports its pid), `experiment-forked` (an experiment
+    forked from a zygote, before it runs anything). A start killed exactly there."""
+    for spec in os.environ.get("DBDICT_TEST_STOP_AT", "").split(","):
+        parts = spec.split(":", 1)
+        if len(parts) != 2 or parts[0] != step or os.path.exists(parts[1]):
+            continue
+        with open(parts[1] + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(parts[1] + ".tmp", parts[1])
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def thread_count():
+    """Threads of this process, Python's or not (a C library's), from /proc."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        import threading
+
+        return threading.active_count()
+
+
+def _close_fds_except(keep):
+    """Close every descriptor but `keep`: a fork inherits all of its parent's (a worker's
+    claim files, pipes of other attempts, the zygote's socket), and must hold none of them."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = range(3, 1024)
+    for fd in fds:
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _after_fork(parent, keep):
+    """In a fork that will be a process of the attempt: its own process group, DEATH_SIGNAL
+    when `parent` dies, no signal handler or wakeup fd of the process it was forked from,
+    none of its descriptors but `keep`."""
+    os.setpgid(0, 0)
+    _prctl(_PR_SET_PDEATHSIG, DEATH_SIGNAL)
+    if os.getppid() != parent:
+        os._exit(70)  # the parent died before prctl took effect
+    signal.set_wakeup_fd(-1)
+    for sig in signal.valid_signals():
+        try:
+            if signal.getsignal(sig) not in (signal.SIG_DFL, None):
+                signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError, RuntimeError):
+            pass
+    _close_fds_except(set(keep))
+
+
+def fork_shepherd(ctl_fd, report_fd, fence_after, pass_fds, stdio, cwd, *, cmd=None, fork_main=None, env=None):
+    """Fork a shepherd from this (single-threaded) process; return its pid.
+
+    The fork never comes back here: it becomes the attempt's shepherd (DEATH_SIGNAL when
+    this process dies, its own process group, a child subreaper), with `stdio` as its
+    0, 1, 2 and `cwd` as its directory, and starts the experiment: `cmd` (a fresh
+    interpreter) or `fork_main()` in a fork of itself, with `env` as its environment."""
+    parent = os.getpid()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 70
+    try:
+        gc.freeze()  # the objects of the process we were forked from are never finalized here
+        for target, fd in enumerate(stdio):
+            os.dup2(fd, target)
+        _after_fork(parent, {0, 1, 2, ctl_fd, report_fd, *pass_fds})
+        _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+        try:
+            os.chdir(cwd)
+        except OSError as exc:
+            _report(report_fd, f"error {exc.errno or 0} {exc.strerror or exc}")
+            os._exit(71)
+        test_stop("shepherd-forked")
+        code = Shepherd(ctl_fd, report_fd, fence_after, pass_fds, cmd, fork_main=fork_main, env=env).run()
+    except BaseException as exc:  # noqa: BLE001 - never return into the forked caller's code
+        try:
+            os.write(2, f"dbdict: the attempt's shepherd failed: {exc!r}\n".encode())
+        except OSError:
+            pass
+    finally:
+        os._exit(code)
+
+
+def _report(fd, line):
+    try:
+        os.write(fd, (line + "\n").encode())
+    except OSError:
+        pass  # the worker is gone: its death ends the attempt anyway
+
+
 class Shepherd:
-    def __init__(self, ctl_fd, report_fd, fence_after, pass_fds, cmd):
+    def __init__(self, ctl_fd, report_fd, fence_after, pass_fds, cmd, fork_main=None, env=None):
         self.ctl_fd, self.report_fd, self.fence_after = ctl_fd, report_fd, fence_after
         self.pass_fds, self.cmd = pass_fds, cmd
+        self.fork_main, self.env = fork_main, env
         self.exp_pid = None
         self.exp_status = None  # os.waitpid status of the experiment's process
 
-    def _preexec(self):
-        """In the experiment before exec: its own process group, SIGHUP when we die."""
-        os.setpgid(0, 0)
-        _prctl(_PR_SET_PDEATHSIG, DEATH_SIGNAL)
-        if os.getppid() != self.me:
-            os._exit(70)
-
     def start(self):
         self.me = os.getpid()
-        proc = subprocess.Popen(self.cmd, pass_fds=self.pass_fds, preexec_fn=self._preexec,
-                                close_fds=True)
-        proc.returncode = 0  # we reap it ourselves (waitpid(-1)); Popen must not try
-        self.exp_pid = proc.pid
+        self.exp_pid = self._fork_experiment()
         for fd in self.pass_fds:
             os.close(fd)  # only the experiment holds them: the worker sees their EOF
+        test_stop("experiment-started")
+        _report(self.report_fd, f"pid {self.exp_pid}")
+
+    def _fork_experiment(self):
+        """The experiment's process: a fork of this process that runs `fork_main` (a zygote's
+        fork: its preloaded modules come with it) or execs `cmd`, with the environment,
+        descriptors and signals a fresh interpreter would have. Its pid is known at once:
+        the worker goes on (commits `running`) while the experiment's interpreter starts."""
+        pid = os.fork()
+        if pid:
+            return pid
+        code = 70
         try:
-            os.write(self.report_fd, f"pid {self.exp_pid}\n".encode())
-        except OSError:
-            pass
+            _after_fork(self.me, {0, 1, 2, *self.pass_fds})
+            for fd in self.pass_fds:
+                os.set_inheritable(fd, True)
+            if self.fork_main is None:
+                code = 127
+                os.execve(self.cmd[0], self.cmd, self.env if self.env is not None else os.environ)
+            if self.env is not None:
+                os.environ.clear()
+                os.environ.update(self.env)
+            test_stop("experiment-forked")
+            code = self.fork_main()
+        except BaseException as exc:  # noqa: BLE001 - never return into the shepherd's code
+            try:
+                os.write(2, f"dbdict: the experiment's process failed to start: {exc!r}\n".encode())
+            except OSError:
+                pass
+        finally:
+            os._exit(code)
 
     def _reap(self):
         while True:
@@ -117,10 +247,36 @@ class Shepherd:
             if pid == self.exp_pid:
                 self.exp_status = status
 
+    def _none_left(self):
+        """Reap; True when no process of the attempt can be left, told by two system calls
+        instead of a read of /proc: we have no child at all (whatever the experiment started
+        and left is adopted by us, a subreaper, so a live descendant means a child of ours)
+        and its process group is empty."""
+        self._reap()
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            pid = None
+        if pid is not None:  # a child of ours still runs (or has just ended: look again)
+            if pid == self.exp_pid:
+                self.exp_status = status
+            return False
+        try:
+            os.killpg(self.exp_pid, 0)
+            return False
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+
     def kill_all(self):
-        """SIGKILL every process of the attempt until none is left (they may fork meanwhile)."""
+        """SIGKILL every process of the attempt until none is left (they may fork meanwhile).
+        A process that survives SIGKILL for a while (in D state: a hung NFS mount) is looked
+        at again after 5 ms, then 10, 20, ... at most every second: no spinning."""
+        pause = 0.005
         while True:
-            self._reap()
+            if self._none_left():
+                return
             pids = attempt_processes(self.me, self.exp_pid)
             if not pids:
                 self._reap()
@@ -130,7 +286,8 @@ class Shepherd:
                     os.kill(pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
-            time.sleep(0.005)  # let the kernel finish the kills before we look again
+            time.sleep(pause)  # let the kernel finish the kills before we look again
+            pause = min(pause * 2, 1.0)
 
     def run(self):
         """Watch until the attempt must end; end it; return our exit code."""
@@ -197,7 +354,9 @@ class Shepherd:
             except ChildProcessError:
                 self.exp_status = 0
         code = os.waitstatus_to_exitcode(self.exp_status)
-        return 128 - code if code < 0 else min(code, 255)
+        code = 128 - code if code < 0 else min(code, 255)
+        _report(self.report_fd, f"exit {code}")  # every process is gone: the worker may go on
+        return code
 
 
 def main(argv=None):
