@@ -1,0 +1,25 @@
+"""Experiments of tests/test_preload.py: what a preloaded module looks like to each attempt."""
+
+import os
+import sys
+
+
+def bump(state, channel):
+    """Records the preloaded global as this attempt found it, then changes it."""
+    import preload_state
+
+    state.seen = preload_state.COUNTER
+    state.imported_in = preload_state.IMPORTED_IN
+    state.pid = os.getpid()
+    state.cwd = os.getcwd()
+    state.jobdir_env = os.environ.get("DBDICT_JOBDIR")
+    preload_state.COUNTER += 1
+    print("out", flush=True)
+    print("err", file=sys.stderr, flush=True)
+
+
+def threaded(state, channel):
+    import preload_threads
+
+    state.imported_in = preload_threads.IMPORTED_IN
+    state.pid = os.getpid()

@@ -1,0 +1,152 @@
+"""How an attempt starts (issue 25): a forked shepherd, and `work --preload`'s zygote.
+
+With real processes: a preloaded module's global changed by one attempt is unchanged in
+the next; a zygote whose imports started a thread refuses to fork and the jobs still run;
+and the worker or the zygote killed -9 at each step of an attempt's start (each process
+stops itself at its step: the seam DBDICT_TEST_STOP_AT) leaves no process behind and no
+job lost.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from dbdict_fs import create_jobs
+
+from conftest import read_state, wait_for
+from procs import proc_ppid, proc_state
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODS = os.path.join(HERE, "experiments", "preload")
+EXPS = os.path.join(MODS, "preload_exps.py")
+CLI = [sys.executable, "-c", "import sys; from dbdict_fs.cli import main; sys.exit(main())"]
+# A long lease: the L/2 fence (which would also end a lost attempt) must not hide an orphan
+# that the worker's death should have ended.
+LONG = ["--lease", "120", "--heartbeat", "1"]
+
+
+def make_jobs(tree, name, n):
+    return create_jobs(tree, [{"i": i} for i in range(n)], f"{EXPS}:{name}").created
+
+
+def env_for(tag, **extra):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (MODS, os.environ.get("PYTHONPATH")) if p))
+    env["DBDICT_TEST_TAG"] = tag  # every process of the test carries it: none may be left
+    env.pop("DBDICT_TEST_STOP_AT", None)
+    env.update(extra)
+    return env
+
+
+def tagged(tag):
+    """Live processes whose environment carries `tag`."""
+    found, needle = [], f"DBDICT_TEST_TAG={tag}".encode()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        if needle in env.split(b"\0") and proc_state(int(name)) not in (None, "Z", "X"):
+            found.append(int(name))
+    return found
+
+
+def zygote_of(worker):
+    for name in os.listdir("/proc"):
+        if name.isdigit() and proc_ppid(int(name)) == worker:
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    if b"dbdict_fs.zygote" in f.read():
+                        return int(name)
+            except OSError:
+                continue
+    return None
+
+
+def test_a_preloaded_modules_global_changed_by_one_attempt_is_unchanged_in_the_next(tree):
+    jobs = make_jobs(tree, "bump", 3)
+    tag = uuid.uuid4().hex
+    out = subprocess.run(CLI + ["work", str(tree), "--preload", "preload_state"], env=env_for(tag),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    states = [read_state(job) for job in jobs]
+    assert [s["dbdict"]["status"] for s in states] == ["done"] * 3, out.stderr
+    assert [s["seen"] for s in states] == [0, 0, 0]  # each attempt a fresh fork of the zygote
+    zygotes = {s["imported_in"] for s in states}
+    assert len(zygotes) == 1 and not zygotes & {s["pid"] for s in states}, states  # imported once, elsewhere
+    for job, state in zip(jobs, states):  # what a fresh interpreter would see
+        assert os.path.realpath(state["cwd"]) == os.path.realpath(os.path.join(job, "workdir"))
+        assert state["jobdir_env"] == os.path.abspath(job)
+        with open(os.path.join(job, "stdout")) as f:
+            assert f.read().splitlines()[1:] == ["out"]
+        with open(os.path.join(job, "stderr")) as f:
+            assert f.read().splitlines()[1:] == ["err"]
+    wait_for(lambda: not tagged(tag), timeout=30, what="every process of the worker to end")
+
+
+def test_a_zygote_whose_imports_started_a_thread_refuses_to_fork_and_says_so_once(tree):
+    jobs = make_jobs(tree, "threaded", 2)
+    tag = uuid.uuid4().hex
+    out = subprocess.run(CLI + ["work", str(tree), "--preload", "preload_threads"], env=env_for(tag),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.count("refuses to fork") == 1 and "2 threads" in out.stderr, out.stderr
+    for job in jobs:
+        state = read_state(job)
+        assert state["dbdict"]["status"] == "done"
+        assert state["imported_in"] == state["pid"]  # imported by the experiment itself
+    wait_for(lambda: not tagged(tag), timeout=30, what="every process of the worker to end")
+
+
+STEPS = [  # (where the start stops, --preload or not)
+    ("zygote-request", True), ("shepherd-forked", True), ("experiment-started", True),
+    ("experiment-forked", True), ("shepherd-forked", False), ("experiment-started", False)]
+
+
+@pytest.mark.parametrize("victim", ["worker", "zygote"])
+@pytest.mark.parametrize("step,preload", STEPS)
+def test_kill_9_at_each_step_of_an_attempts_start_leaves_no_orphan_and_loses_no_job(
+        tree, tmp_path, step, preload, victim):
+    if victim == "zygote" and not preload:
+        pytest.skip("no zygote without --preload")
+    [job] = make_jobs(tree, "bump", 1)
+    tag = uuid.uuid4().hex
+    marker = str(tmp_path / "stopped")
+    args = ["work", str(tree), *LONG] + (["--preload", "preload_state"] if preload else [])
+    worker = subprocess.Popen(CLI + args, env=env_for(tag, DBDICT_TEST_STOP_AT=f"{step}:{marker}"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        stopped = int(wait_for(lambda: os.path.exists(marker) and open(marker).read(), timeout=60,
+                               what=f"a process to stop at {step}", detail=lambda: f"worker exit {worker.poll()}"))
+        wait_for(lambda: proc_state(stopped) == "T", timeout=10, what="it to stop itself")
+        target = worker.pid if victim == "worker" else zygote_of(worker.pid)
+        assert target, "no zygote"
+        os.kill(target, signal.SIGKILL)
+        if stopped != target:
+            os.kill(stopped, signal.SIGCONT)
+        if victim == "worker":
+            worker.wait(30)
+            wait_for(lambda: not tagged(tag), timeout=30, what="every process of the attempt to end",
+                     detail=lambda: f"left: {tagged(tag)}")
+            # the job is not lost: the next worker of this host takes it over at once
+            again = subprocess.run(CLI + ["work", str(tree), *LONG], env=env_for(tag),
+                                   capture_output=True, text=True, timeout=120)
+            assert again.returncode == 0, again.stderr
+        else:  # the worker goes on: a restarted zygote, or a fresh interpreter meanwhile
+            _, err = worker.communicate(timeout=120)
+            assert worker.returncode == 0, err
+        assert read_state(job)["dbdict"]["status"] == "done", read_state(job)["dbdict"]
+        wait_for(lambda: not tagged(tag), timeout=30, what="no process left once the worker ended",
+                 detail=lambda: f"left: {tagged(tag)}")
+    finally:
+        for pid in tagged(tag):
+            os.kill(pid, signal.SIGKILL)
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
