@@ -141,8 +141,14 @@ def prepare(tree, workers=None, *, time=None, partition=None, cpus_per_task=None
             signal_grace=DEFAULT_SIGNAL_GRACE, resubmit=True, max_resubmits=DEFAULT_MAX_RESUBMITS,
             per_job=False, job_name=None, grace=None, lease=None, heartbeat=None, max_attempts=None,
             wait=False, sbatch_args=(), python=None, save_every=None, max_runtime=None,
-            finish_up_after=None, scratch=None, max_resumes=None):
+            finish_up_after=None, scratch=None, max_resumes=None, preload=None):
     """Check the options and build the Plan (nothing is written: see `submit`)."""
+    if preload is not None:
+        from .zygote import parse_modules
+
+        preload = parse_modules(preload)
+        if per_job:
+            raise UsageError("--preload is for workers (`dbdict work`): each --per-job task runs one job")
     tree = os.path.abspath(os.fspath(tree))
     if not os.path.isdir(tree):
         raise UsageError(f"{tree}: no such directory")
@@ -212,6 +218,8 @@ def prepare(tree, workers=None, *, time=None, partition=None, cpus_per_task=None
         command = ["run", '"$JOB"'] + [_q(o) for o in options]
         what = f"one task per runnable job ({len(joblist)} jobs" + (f", at most {workers} at once)" if workers else ")")
     else:
+        if preload:
+            options += ["--preload", ",".join(preload)]
         command = ["work", '"$TREE"'] + [_q(o) for o in options] + (["--wait"] if wait else [])
         what = f"{workers} worker{'s' if workers > 1 else ''}"
     script = _SCRIPT.format(
@@ -512,7 +520,7 @@ def submit(tree, workers=None, *, sbatch="sbatch", **options):
 
     Options: time, partition, cpus_per_task, mem, gres, signal_grace (s, default 180),
     resubmit (default True), max_resubmits, per_job, job_name, grace, lease, heartbeat,
-    max_attempts, wait, sbatch_args (a list of extra sbatch arguments), python.
+    max_attempts, wait, sbatch_args (a list of extra sbatch arguments), python, preload.
     Returns the SLURM job id (a string). The script is at `prepare(...).script_path`.
     """
     return submit_plan(prepare(tree, workers, **options), sbatch=sbatch)
@@ -637,6 +645,8 @@ def add_arguments(p):
     g.add_argument("--scratch", metavar="DIR",
                    help="run in a node-local copy of workdir under DIR, on each node (dbdict work --scratch)")
     g.add_argument("--wait", action="store_true", help="workers keep polling while jobs run elsewhere")
+    g.add_argument("--preload", metavar="MOD[,MOD...]",
+                   help="each worker imports these once and forks each experiment (dbdict work --preload)")
     p.set_defaults(sbatch_args=[])
     _split_at_double_dash(p)
 
@@ -666,7 +676,7 @@ def _options(args):
                 grace=args.grace, lease=args.lease, heartbeat=args.heartbeat, max_attempts=args.max_attempts,
                 wait=args.wait, sbatch_args=args.sbatch_args, save_every=args.save_every,
                 max_runtime=args.max_runtime, finish_up_after=args.finish_up_after, scratch=args.scratch,
-                max_resumes=args.max_resumes)
+                max_resumes=args.max_resumes, preload=args.preload)
 
 
 def run(args):

@@ -150,3 +150,20 @@ def test_kill_9_at_each_step_of_an_attempts_start_leaves_no_orphan_and_loses_no_
         if worker.poll() is None:
             worker.kill()
             worker.wait()
+
+
+def test_submit_passes_preload_to_its_workers_and_refuses_bad_names(tree):
+    from conftest import run_cli
+
+    make_jobs(tree, "bump", 1)
+    proc = run_cli("submit", tree, "--slurm", "--workers", "2", "--dry-run", "--preload", "numpy,torch")
+    assert proc.returncode == 0, proc.stderr
+    [line] = [line for line in proc.stdout.splitlines() if "-m dbdict_fs.cli work" in line]
+    assert "--preload numpy,torch" in line, line
+    for bad in (["--preload", "numpy,,x-y"], ["--preload", "torch", "--per-job"]):
+        proc = run_cli("submit", tree, "--slurm", "--workers", "2", "--dry-run", *bad)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "Traceback" not in proc.stderr and "--preload" in proc.stderr, proc.stderr
+    proc = run_cli("work", tree, "--preload", "a b")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "Error: --preload 'a b': expected module names separated by commas"], proc.stderr
