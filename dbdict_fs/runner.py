@@ -628,7 +628,8 @@ class _Attempt:
 
     def loop(self):
         fds = [self.child.result_fd] + ([self.signals.fd] if self.signals.fd is not None else [])
-        fds.append(self.child.proc.fileno())  # the shepherd's report pipe: its EOF is the attempt's end
+        if self.child.proc.fileno() is not None:  # the shepherd's report pipe: its EOF is the attempt's end
+            fds.append(self.child.proc.fileno())
         while True:
             timeout = max(0.0, min(self._deadlines()) - booking.boottime())
             try:
@@ -944,6 +945,8 @@ def _preloaded(opts, signals):
     z = zygote.for_worker(opts.preload, _child_env({}), _say)
     try:
         z.wait_ready(zygote.START_TIMEOUT, also=signals.fd)
+        if z.import_error:
+            raise UsageError(f"--preload: {z.import_error}")
         yield
     finally:
         zygote.close_all()

@@ -160,6 +160,8 @@ class Zygote:
         self.proc = self.sock = None
         self.ready = False  # it said `ready`
         self.refused = None  # why it will never fork (said once)
+        self.import_error = None  # its first start could not import a module (a usage error)
+        self.starts = 0
         self._said = set()
 
     def _say_once(self, key, text):
@@ -196,6 +198,7 @@ class Zygote:
         finally:
             theirs.close()
         self.sock, self.ready = ours, False
+        self.starts += 1
 
     def wait_ready(self, timeout, also=None):
         """Read the zygote's first word within `timeout` s (or until `also`, a signal pipe,
@@ -219,8 +222,11 @@ class Zygote:
             self._lost()
         else:
             self.refused = word.split(" ", 1)[1] if " " in word else word
-            self._say_once("refused", f"--preload {','.join(self.modules)}: the zygote refuses to fork: "
-                                      f"{self.refused}; experiments start in a fresh interpreter")
+            if word.startswith("error ") and self.starts == 1:
+                self.import_error = self.refused  # the caller says it: a usage error
+            else:
+                self._say_once("refused", f"--preload {','.join(self.modules)}: the zygote refuses to fork: "
+                                          f"{self.refused}; experiments start in a fresh interpreter")
             self.close()
         return self.ready
 

@@ -155,7 +155,7 @@ def test_kill_9_at_each_step_of_an_attempts_start_leaves_no_orphan_and_loses_no_
 def test_submit_passes_preload_to_its_workers_and_refuses_bad_names(tree):
     from conftest import run_cli
 
-    make_jobs(tree, "bump", 1)
+    [job] = make_jobs(tree, "bump", 1)
     proc = run_cli("submit", tree, "--slurm", "--workers", "2", "--dry-run", "--preload", "numpy,torch")
     assert proc.returncode == 0, proc.stderr
     [line] = [line for line in proc.stdout.splitlines() if "-m dbdict_fs.cli work" in line]
@@ -167,3 +167,37 @@ def test_submit_passes_preload_to_its_workers_and_refuses_bad_names(tree):
     proc = run_cli("work", tree, "--preload", "a b")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "Error: --preload 'a b': expected module names separated by commas"], proc.stderr
+    missing = run_cli("work", tree, "--preload", "no_such_module_here")
+    assert missing.returncode == 2 and missing.stderr.strip().splitlines() == [
+        "Error: --preload: cannot import no_such_module_here: ModuleNotFoundError: "
+        "No module named 'no_such_module_here'"], missing.stderr
+    assert read_state(job)["dbdict"]["status"] == "ready" and read_state(job)["dbdict"]["epoch"] == 0  # not claimed
+
+
+@pytest.mark.parametrize("threads", [False, True])
+def test_a_worker_forks_its_shepherd_only_while_it_has_one_thread(tree, tmp_path, threads):
+    """A fork of a threaded process may inherit a lock another thread held, forever: a
+    worker with a thread (the Python API called beside a thread pool) starts a fresh
+    interpreter as its shepherd instead; both ways run the job."""
+    [job] = make_jobs(tree, "bump", 1)
+    marker = str(tmp_path / "shepherd")
+    code = ("import sys, threading; from dbdict_fs import run_job\n"
+            + ("threading.Thread(target=threading.Event().wait, daemon=True).start()\n" if threads else "")
+            + "sys.exit(run_job(sys.argv[1]).exit_code)")
+    proc = subprocess.Popen([sys.executable, "-c", code, job], stderr=subprocess.PIPE, text=True,
+                            env=env_for(uuid.uuid4().hex, DBDICT_TEST_STOP_AT=f"experiment-started:{marker}"))
+    try:
+        shepherd = int(wait_for(lambda: os.path.exists(marker) and open(marker).read(), timeout=60,
+                                what="the shepherd to stop itself", detail=lambda: f"exit {proc.poll()}"))
+        wait_for(lambda: proc_state(shepherd) == "T", timeout=10, what="it to stop")
+        with open(f"/proc/{shepherd}/cmdline", "rb") as f:
+            fresh = b"dbdict_fs.shepherd" in f.read()
+        assert proc_ppid(shepherd) == proc.pid and fresh == threads
+        os.kill(shepherd, signal.SIGCONT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert read_state(job)["dbdict"]["status"] == "done"
