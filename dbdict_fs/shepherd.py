@@ -218,6 +218,12 @@ class Shepherd:
         code = 70
         try:
             _after_fork(self.me, {0, 1, 2, *self.pass_fds})
+            # As the experiment always found them: the stop signals ignored (ours, inherited
+            # through exec) until dbdict_fs.child ignores them itself, so a scheduler's
+            # signal during its start cannot kill it; SIGPIPE and SIGXFSZ as Python sets them.
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2,
+                        signal.SIGPIPE, signal.SIGXFSZ):
+                signal.signal(sig, signal.SIG_IGN)
             for fd in self.pass_fds:
                 os.set_inheritable(fd, True)
             if self.fork_main is None:

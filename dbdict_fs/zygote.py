@@ -78,7 +78,7 @@ def serve(sock, modules):
             importlib.import_module(name)
         except BaseException as exc:  # noqa: BLE001 - said to the worker, which goes on without us
             sock.sendall(f"error cannot import {name}: {type(exc).__name__}: {exc}\n".encode())
-            return 2
+            return 1
     from . import child, shepherd  # what every attempt needs, imported once here too
 
     signal.signal(signal.SIGCHLD, _reap)  # the shepherds we forked: reaped as they end

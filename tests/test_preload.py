@@ -201,3 +201,19 @@ def test_a_worker_forks_its_shepherd_only_while_it_has_one_thread(tree, tmp_path
             proc.kill()
             proc.wait()
     assert read_state(job)["dbdict"]["status"] == "done"
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_the_experiment_finds_the_signal_dispositions_it_always_found(tree, preload):
+    """What a fresh `python -m dbdict_fs.child` found before issue 25 (the stop signals
+    ignored, SIGHUP its death handler, SIGPIPE and SIGXFSZ ignored as Python sets them, the
+    rest default, its own process group), with the shepherd forked and with --preload."""
+    [job] = make_jobs(tree, "signals", 1)
+    out = subprocess.run(CLI + ["work", str(tree)] + (["--preload", "preload_state"] if preload else []),
+                         env=env_for(uuid.uuid4().hex), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    state = read_state(job)
+    assert state["signals"] == {"SIGINT": "ign", "SIGTERM": "ign", "SIGUSR1": "ign", "SIGUSR2": "ign",
+                                "SIGHUP": "handler", "SIGPIPE": "ign", "SIGXFSZ": "ign", "SIGCHLD": "dfl",
+                                "SIGALRM": "dfl", "SIGQUIT": "dfl"}
+    assert state["pgid_is_pid"] is True

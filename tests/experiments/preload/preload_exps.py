@@ -23,3 +23,16 @@ def threaded(state, channel):
 
     state.imported_in = preload_threads.IMPORTED_IN
     state.pid = os.getpid()
+
+
+def signals(state, channel):
+    """The signal dispositions the experiment finds (the same with and without --preload)."""
+    import signal
+
+    def name(handler):
+        return {signal.SIG_IGN: "ign", signal.SIG_DFL: "dfl"}.get(handler, "handler")
+
+    state.signals = {s.name: name(signal.getsignal(s)) for s in (
+        signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP, signal.SIGPIPE,
+        signal.SIGXFSZ, signal.SIGCHLD, signal.SIGALRM, signal.SIGQUIT)}
+    state.pgid_is_pid = os.getpgid(0) == os.getpid()
