@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 
+from . import options
 from .argtypes import Parser
 from .argtypes import finite as _number
 from .argtypes import positive_int as _positive_int
@@ -16,40 +17,13 @@ from .argtypes import seconds as _seconds
 from .command import run_command
 from .errors import ExitCode, UsageError
 
-EXIT_USAGE = ExitCode.USAGE
-_Parser = Parser  # the old name
-
 
 def _help(text):
     return {"formatter_class": argparse.RawDescriptionHelpFormatter, "description": text.strip()}
 
 
-RUN_OPTIONS = ("grace", "max_runtime", "lease", "heartbeat", "finish_up_after", "save_every",
-               "max_attempts", "max_resumes", "restart_priority", "scratch", "quiet")
-
-
 def _add_run_options(p):
-    g = p.add_argument_group("attempt options (run, work, cmdline)")
-    g.add_argument("--grace", type=_seconds, default=60.0, metavar="S",
-                   help="after 'stop', seconds before the experiment is killed (default 60)")
-    g.add_argument("--max-runtime", type=_seconds, metavar="S", help="kill an attempt after S seconds")
-    g.add_argument("--lease", type=_seconds, metavar="S",
-                   help="claim lease in seconds (env DBDICT_LEASE, default 600)")
-    g.add_argument("--heartbeat", type=_seconds, metavar="S",
-                   help="heartbeat interval, at most lease/5 (env DBDICT_HEARTBEAT, default 30)")
-    g.add_argument("--finish-up-after", type=_seconds, metavar="S",
-                   help="after S seconds channel() answers 'finish-up'")
-    g.add_argument("--save-every", type=_seconds, metavar="S", help="channel() answers 'save' every S seconds")
-    g.add_argument("--max-attempts", type=_positive_int, default=3, metavar="N",
-                   help="attempts lost to crashes or kills before the job is failed (default 3)")
-    g.add_argument("--max-resumes", type=_positive_int, metavar="N",
-                   help="INCOMPLETE returns before the job is failed (default unlimited)")
-    g.add_argument("--restart-priority", type=_number, default=2.0, metavar="P",
-                   help="priority of a job requeued after INCOMPLETE (default 2.0)")
-    g.add_argument("--scratch", metavar="DIR",
-                   help="run in a node-local copy of workdir under DIR, synced back atomically "
-                        "(env DBDICT_EXPERIMENT_TEMPDIR)")
-    g.add_argument("-q", "--quiet", action="store_true", help="print less")
+    options.add_arguments(p.add_argument_group("attempt options (run, work, cmdline)"))
 
 
 def _add_config_printing(p):
@@ -59,10 +33,6 @@ def _add_config_printing(p):
                    help="print each full config (defaults filled in), create nothing")
     p.add_argument("--no-check-keys", action="store_true",
                    help="do not reject keys a class experiment's defaults do not declare")
-
-
-def _run_options(args):
-    return {k: getattr(args, k) for k in RUN_OPTIONS if getattr(args, k, None) is not None}
 
 
 # ---------------------------------------------------------------- commands
@@ -135,7 +105,7 @@ def _print_experiment_config(experiment, configs):
 def cmd_run(args):
     from .runner import run_job
 
-    outcome = run_job(args.jobdir, **_run_options(args))
+    outcome = run_job(args.jobdir, **options.given(args))
     if outcome.message and not (args.quiet and outcome.exit_code == 0):
         print(outcome.message, file=sys.stderr)
     return outcome.exit_code
@@ -156,7 +126,7 @@ def cmd_work(args):
         print(f"{outcome.status:8} {outcome.jobdir}{detail}", file=sys.stderr)
 
     counts = work(args.tree, max_jobs=args.max_jobs, wait=args.wait, select_rows=select_rows,
-                  on_outcome=report, **_run_options(args))
+                  on_outcome=report, **options.given(args))
     interrupted = counts.pop("interrupted", 0)
     if not counts and not interrupted:
         from . import jobdir as jd
@@ -202,14 +172,14 @@ def cmd_cmdline(args):
         return _print_experiment_config(args.experiment, configs if args.print_config else None)
     from .runner import make_options
 
-    make_options(**_run_options(args))  # bad options must not leave a job directory behind
+    make_options(**options.given(args))  # bad options must not leave a job directory behind
     stamp = utc_iso().replace(":", "").replace("-", "")
     name = f"{stamp}-{os.getpid()}"
     result = create_jobs(args.tree, configs, args.experiment, name=name, duplicates="add",
                          check_keys=not args.no_check_keys, marker=False)
     jobdir = result.created[0]
     print(f"job directory: {jobdir}", file=sys.stderr)
-    outcome = run_job(jobdir, **_run_options(args))
+    outcome = run_job(jobdir, **options.given(args))
     from .jobdir import read_latest_state
 
     _, state = read_latest_state(jobdir)
@@ -234,9 +204,10 @@ def cmd_status(args):
     runs (`slurm.submission_health`: read only when TREE/.dbdict/slurm/ records one)."""
     import json
 
+    from . import jobdir as jd
     from . import ops
 
-    if getattr(args, "watch", None) or not os.path.isdir(os.path.join(args.tree, ".dbdict", "slurm")):
+    if getattr(args, "watch", None) or not os.path.isdir(os.path.join(args.tree, jd.SLURM_DIR)):
         return ops.cmd_status(args)
     from .slurm import submission_health
 
