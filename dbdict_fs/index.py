@@ -22,7 +22,6 @@ from .where import compile_where, quote
 TABLE = "jobs"
 PATH, STATUS, ERROR = "dbdict.path", "dbdict.status", "dbdict.error"
 NAN = "dbdict.nan"  # comma-separated keys whose value is NaN (NULL in SQL)
-DEFAULT_LEASE = 600.0  # seconds, when a claim's token names none (as booking.DEFAULT_LEASE)
 LIVE = ("running", "booked")  # statuses that turn `stale` when the top claim's lease ran out
 # A directory (or state file) modified less than this long before we read it may change again
 # within the same timestamp tick without its mtime moving: such cache entries are re-read.
@@ -108,13 +107,6 @@ def parse_state(raw, path, epoch):
 
 
 _MISSING = object()
-
-
-def claim_lease(token):
-    lease = token.get("lease", DEFAULT_LEASE)
-    if isinstance(lease, bool) or not isinstance(lease, (int, float)) or lease <= 0:
-        return DEFAULT_LEASE
-    return float(lease)
 
 
 def live_status(jobdir, raw_status, claim_epoch, row, identity=None):
