@@ -336,7 +336,7 @@ def split_attempts(text):
     """Split a stdout/stderr file into attempts at their header lines."""
     attempts, current = [], None
     for line in text.splitlines(keepends=True):
-        if line.startswith("==== dbdict attempt "):
+        if line.startswith(jd.ATTEMPT_HEADER):
             current = [line]
             attempts.append(current)
         elif current is None:
