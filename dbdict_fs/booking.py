@@ -208,7 +208,7 @@ def link_claim(jobdir, epoch, token):
             # ENOENT: our token was swept as a transient while link() stalled for a lease:
             # no claim was made, so this is a lost race like EEXIST (try the next job).
             return False
-        raise WriteError(f"{jobdir}: cannot link claim.{epoch}: {exc.strerror or exc}") from exc
+        raise WriteError(f"{jobdir}: cannot link {jd.claim_name(epoch)}: {exc.strerror or exc}") from exc
     finally:
         _unlink(tok)
 
@@ -343,7 +343,7 @@ def held_message(jobdir, epoch, token, booked=False):
     if token.get("cluster_job"):
         who += f" (cluster job {token['cluster_job']})"
     what = "booked" if booked else "running"
-    return f"{jobdir}: {what} by {who} since {token.get('time', '?')} (claim.{epoch})"
+    return f"{jobdir}: {what} by {who} since {token.get('time', '?')} ({jd.claim_name(epoch)})"
 
 
 def scheduler_gone(cluster_jobs):
@@ -464,7 +464,7 @@ class Claim:
                 self.last_ok = before
             except OSError as exc:
                 if exc.errno in (errno.ENOENT, errno.ESTALE):
-                    self.lost = f"claim.{self.epoch} disappeared"
+                    self.lost = f"{jd.claim_name(self.epoch)} disappeared"
             listing = self._check_newer()
             if listing is not None and self.lost is None:
                 self._sweep_transients(listing.names)
@@ -512,7 +512,7 @@ class Claim:
         top = listing.claim_epoch
         if top > self.epoch and self.lost is None:
             token = _read_token(self.jobdir, top)
-            self.lost = f"claim.{top} was taken by {token.get('host', '?')} pid {token.get('pid', '?')} " \
+            self.lost = f"{jd.claim_name(top)} was taken by {token.get('host', '?')} pid {token.get('pid', '?')} " \
                         f"({token.get('purpose', 'steal')})"
             self.taken_by = token
         return listing

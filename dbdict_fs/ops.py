@@ -14,7 +14,7 @@ import time
 from . import booking
 from . import jobdir as jd
 from .discovery import hint, mark_final, mark_live
-from .errors import DbdictError, NotRunnable, UsageError
+from .errors import DbdictError, ExitCode, NotRunnable, UsageError
 
 CANCELABLE = ("ready", "booked", "running", "stale")
 REQUEUEABLE = ("failed", "canceled", "stale", "done", "ready", "running", "booked")
@@ -192,7 +192,7 @@ def _print_changes(args, run, past):
         print(f"Error: {error}", file=sys.stderr)
     what = "would change" if args.dry_run else past
     print(f"{what} {len(report['changed'])} of {report['selected']} selected jobs", file=sys.stderr)
-    return 2 if report["errors"] else 0
+    return ExitCode.USAGE if report["errors"] else ExitCode.OK
 
 
 def cmd_requeue(args):
@@ -328,7 +328,7 @@ def cmd_show(args):
         print("  (never booked)")
     for h in history:
         extra = f" cluster job {h['cluster_job']}" if h.get("cluster_job") else ""
-        print(f"  claim.{h['epoch']}: {h['purpose']:8} {h['host']} pid {h['pid']} at {h['time']}{extra}")
+        print(f"  {jd.claim_name(h['epoch'])}: {h['purpose']:8} {h['host']} pid {h['pid']} at {h['time']}{extra}")
     return 0
 
 

@@ -363,7 +363,7 @@ def _parse_job_id(out):
 
 
 def _write(path, text, mode=0o644):
-    tmp = os.path.join(os.path.dirname(path), f".tmp.{os.path.basename(path)}.{os.getpid()}")
+    tmp = os.path.join(os.path.dirname(path), f"{jd.TMP_PREFIX}{os.path.basename(path)}.{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     os.chmod(tmp, mode)
