@@ -348,7 +348,7 @@ example:
 
     p = add("work", cmd_work, "worker loop: run the tree's runnable jobs by priority", f"""
 Book runnable jobs by priority and run them until none is left. Start as many workers as
-you like, on any hosts sharing the tree. SIGTERM/SIGINT/SIGUSR1/SIGUSR2 ask the running
+you like, on any hosts sharing the tree. SIGTERM/SIGINT/SIGHUP/SIGUSR1/SIGUSR2 ask the running
 experiment to stop (channel() answers 'stop'), requeue its job, and end the worker.
 
 examples:

@@ -28,7 +28,10 @@ from .discovery import Discovery, hint, mark_final
 from .errors import CorruptJob, Fenced, JobNotFound, NotRunnable, UsageError, WriteError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_NOT_RUNNABLE = 0, 1, 2, 3, 4
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+# SIGHUP (an ssh session closing, a tmux pane killed) stops like SIGTERM (DESIGN.md 5, rev 4).
+# It is not a hard signal: a closing terminal may deliver it twice (the kernel's hangup to the
+# foreground group, then the shell's to its jobs), which must not skip the checkpoint.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 HARD_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # a second one of these ends the attempt at once
 RESTART_PRIORITY = 2.0
 _LOST = object()  # _wait_child: the claim was lost while waiting
@@ -111,7 +114,7 @@ class Outcome:
 # ---------------------------------------------------------------- signals
 
 class StopSignals:
-    """Turns SIGTERM/SIGINT/SIGUSR1/SIGUSR2 into a request to stop, readable by select()."""
+    """Turns SIGTERM/SIGINT/SIGHUP/SIGUSR1/SIGUSR2 into a request to stop, readable by select()."""
 
     def __init__(self):
         self.received = []
