@@ -22,6 +22,7 @@ from .where import compile_where, quote
 TABLE = "jobs"
 PATH, STATUS, ERROR = "dbdict.path", "dbdict.status", "dbdict.error"
 NAN = "dbdict.nan"  # comma-separated keys whose value is NaN (NULL in SQL)
+BOOL = "dbdict.bool"  # comma-separated keys whose value is a boolean (1/0 in SQL)
 DEFAULT_LEASE = 600.0  # seconds, when a claim's token names none (as booking.DEFAULT_LEASE)
 LIVE = ("running", "booked")  # statuses that turn `stale` when the top claim's lease ran out
 # A directory (or state file) modified less than this long before we read it may change again
@@ -54,8 +55,11 @@ def flatten(data, prefix="", out=None):
                 flatten(value, key + ".", out)
             else:
                 out[key] = "{}"
-        elif kind is str or kind is bool or value is None:
+        elif kind is str or value is None:
             out[key] = value
+        elif kind is bool:
+            out[key] = value  # SQLite stores it as 1/0: say which keys were booleans
+            out[BOOL] = f"{out[BOOL]},{key}" if BOOL in out else key
         elif kind is int:
             out[key] = value if -_INT64 <= value < _INT64 else str(value)  # SQLite ints are 64-bit
         elif kind is float:

@@ -313,7 +313,9 @@ def show(jobdir):
 def cmd_show(args):
     data = show(args.jobdir)
     if args.format == "json":
-        print(json.dumps(data, indent=2))
+        from .output import json_safe
+
+        print(json.dumps(json_safe(data), indent=2, allow_nan=False))
         return 0
     state, history = data["state"], data["claims"]
     with open(os.path.join(args.jobdir, jd.CONFIG), encoding="utf-8", errors="replace") as f:

@@ -157,7 +157,7 @@ def run(args):
         else:
             columns = default_columns(index, rows if fmt == "table" else None)
     if not args.sql:
-        restore_nan(rows)
+        restore_types(rows)
     output.print_rows(rows, columns, fmt)
     if fmt == "table":
         corrupt = index.conn.execute('SELECT count(*) FROM jobs WHERE "dbdict.status" = ?', ("corrupt",)).fetchone()[0]
@@ -167,16 +167,26 @@ def run(args):
     return 0
 
 
-def restore_nan(rows):
-    """NaN is NULL in SQL (SQLite has no NaN); the index lists NaN keys in dbdict.nan so a
-    diverged run prints as nan, not as a missing result."""
-    from .index import NAN
+def restore_types(rows):
+    """Give back the types SQLite has not: NaN is NULL in SQL and a boolean 1/0. The index
+    lists each row's NaN keys in dbdict.nan (so a diverged run prints as nan, not as a
+    missing result) and its boolean keys in dbdict.bool (so they print as true/false)."""
+    from .index import BOOL, NAN
 
     for row in rows:
-        for key in (row.get(NAN) or "").split(","):
-            if key and row.get(key) is None:
-                row[key] = float("nan")
+        nan, bools = row.get(NAN), row.get(BOOL)
+        if nan:
+            for key in nan.split(","):
+                if key and row.get(key) is None:
+                    row[key] = float("nan")
+        if bools:
+            for key in bools.split(","):
+                if row.get(key) in (0, 1):
+                    row[key] = bool(row[key])
     return rows
+
+
+restore_nan = restore_types  # the older name
 
 
 def default_columns(index, rows=None):

@@ -107,6 +107,8 @@ def test_booleans_and_infinities_keep_their_type_in_json_and_csv(tree):
     proc = run_cli(tree, "--columns", cols, "--format", "csv", prog="dbdict-query")
     assert proc.stdout.splitlines() == [cols, "true,false,true,false,inf,-inf"], proc.stdout
     assert len(query(tree, "flag=true", "--where", "good = true and top > 1e308")) == 1
+    shown = run_cli("show", jobdirs(tree)[0], "--format", "json")
+    assert strict_json(shown.stdout)["state"]["top"] == "Infinity", shown.stdout
 
 
 # ---------------------------------------------------------------- return values
