@@ -22,6 +22,7 @@ from .where import compile_where, quote
 TABLE = "jobs"
 PATH, STATUS, ERROR = "dbdict.path", "dbdict.status", "dbdict.error"
 NAN = "dbdict.nan"  # comma-separated keys whose value is NaN (NULL in SQL)
+SHORT_NAMES = ("status", "path")  # always dbdict.status and dbdict.path, even beside user keys so named
 BOOL = "dbdict.bool"  # comma-separated keys whose value is a boolean (1/0 in SQL)
 DEFAULT_LEASE = 600.0  # seconds, when a claim's token names none (as booking.DEFAULT_LEASE)
 LIVE = ("running", "booked")  # statuses that turn `stale` when the top claim's lease ran out
@@ -806,8 +807,18 @@ class Index:
 
     def resolve(self, name):
         """The column a user's name means: itself (case-insensitive, as SQLite) or the
-        `dbdict.` bookkeeping key of that name (`status` -> `dbdict.status`)."""
+        `dbdict.` bookkeeping key of that name (`epoch` -> `dbdict.epoch`). The short names
+        `status` and `path` always mean the job's own fields, whatever user keys the tree
+        holds (DESIGN.md 6, rev 4); a name in backquotes is the key of that exact name
+        (`` `status` `` is a user's key `status`, never dbdict.status)."""
         lower = {c.lower(): c for c in self.columns}
+        if len(name) > 2 and name[0] == name[-1] == "`":
+            column = lower.get(name[1:-1].lower())
+            if column is None:
+                raise UsageError(f"unknown column {name}")
+            return column
+        if name.lower() in SHORT_NAMES:
+            return "dbdict." + name.lower()
         for candidate in (name, "dbdict." + name):
             column = lower.get(candidate.lower())
             if column is not None:

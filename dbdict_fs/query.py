@@ -43,7 +43,11 @@ def parse_filters(tokens):
 
     out = []
     for token in tokens or ():
-        key, text = split_assignment(token)
+        if token.startswith("`") and "`=" in token[1:]:  # `status`=x: the user's key `status`
+            key, _, text = token.partition("`=")
+            key += "`"
+        else:
+            key, text = split_assignment(token)
         out.append((key, parse_value(text)))
     return out
 
@@ -52,7 +56,8 @@ def add_filter_arguments(parser):
     """key=value filters (ANDed) and --where EXPR, as every command that selects jobs takes."""
     parser.add_argument("filters", nargs="*", metavar="key=value",
                         help="keep jobs whose key equals the value (typed like YAML: lr=0.01, "
-                             "model.arch=resnet; status=done means dbdict.status=done)")
+                             "model.arch=resnet; status=done means dbdict.status=done, "
+                             "even in a tree with a user key `status`: that one is `status`=VALUE)")
     parser.add_argument("--where", metavar="EXPR",
                         help="a boolean expression over columns: 'lr > 0.01 and model.arch == \"resnet\"' "
                              "(= != < <= > >=, and/or/not, in (...), like, is null)")
@@ -117,7 +122,7 @@ def resolve_column(index, name):
     """A --columns name: a column, or `status`/`path`/`error` for their dbdict. columns; any
     other bookkeeping key must be spelled dbdict.KEY (`epoch` is not silently dbdict.epoch)."""
     column = index.resolve(name)
-    if column.lower() != name.lower() and name.lower() not in ("status", "path", "error"):
+    if column.lower() != name.strip("`").lower() and name.lower() not in ("status", "path", "error"):
         raise UsageError(f"--columns: no column {name!r}; did you mean {column}?")
     return column
 

@@ -8,6 +8,8 @@
              | ["not"] "in" "(" literal ("," literal)* ")" | ["not"] "like" operand
              | "is" ["not"] "null"
     operand := column | literal      column := a.dotted.name | `any name`
+    (`status` and `path` are the job's own fields; `` `status` `` in backquotes is a user's key
+    of that name: the backquotes reach `resolve`, which decides.)
     literal := "string" | 'string' | number | -number | true | false | null
 
 Values only ever reach SQLite as bound parameters, and column names only as quoted
@@ -62,7 +64,7 @@ def _tokenize(expr):
         if kind == "name" and text.lower() in _KEYWORDS:
             kind, text = "keyword", text.lower()
         elif kind == "quoted":
-            kind, text = "name", text[1:-1]
+            kind = "name"  # backquotes kept: resolve() takes the name literally
         if kind != "space":
             tokens.append((kind, text, pos))
         pos = m.end()
