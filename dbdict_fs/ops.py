@@ -124,9 +124,10 @@ def _select(tree, filters=None, where=None, progress=False):
 
 
 def change_many(tree, transform_for, purpose, filters=None, where=None, dry_run=False, progress=False,
-                on_change=None):
+                on_change=None, check=None):
     """Apply a change to every selected job, each under its own claim. Returns
-    {"selected": N, "changed": [{"path", "was"}], "errors": [message]}."""
+    {"selected": N, "changed": [{"path", "was"}], "errors": [message]}. `check(path)`,
+    when given, may refuse a job (raising DbdictError) before anything is claimed."""
     rows = _select(tree, filters, where, progress)
     report = {"selected": len(rows), "changed": [], "errors": []}
     for row in rows:
@@ -135,6 +136,8 @@ def change_many(tree, transform_for, purpose, filters=None, where=None, dry_run=
         if transform is None:
             continue
         try:
+            if check is not None:
+                check(path)
             if dry_run or change_job(path, transform, purpose, ask_slurm=bool(row.get("_slurm_gone"))):
                 report["changed"].append({"path": path, "was": selected_as})
                 if on_change:
@@ -169,7 +172,20 @@ def requeue(tree, filters=None, where=None, status=None, priority=None, force=Fa
     def transform_for(selected_as):
         return requeue_transform(statuses, priority) if selected_as in statuses else None
 
-    return change_many(tree, transform_for, "requeue", filters, where, dry_run, **kw)
+    return change_many(tree, transform_for, "requeue", filters, where, dry_run, check=check_runnable_files, **kw)
+
+
+def check_runnable_files(jobdir):
+    """Refuse to make runnable a job whose files a worker would refuse (a damaged or
+    disagreeing config.yaml: the index reads only the state, so the job would show `ready`
+    for ever while every worker skips it). The worker's own check, runner.check_job."""
+    from .runner import check_job
+
+    try:
+        check_job(jobdir)
+    except (jd.CorruptJob, jd.JobNotFound) as exc:
+        raise jd.CorruptJob(getattr(exc, "path", jobdir), f"{getattr(exc, 'reason', exc)}; "
+                            f"workers would skip it, so it is not requeued") from None
 
 
 def cancel(tree, filters=None, where=None, dry_run=False, **kw):
