@@ -87,6 +87,9 @@ def test_every_key_stays_queryable_beyond_sqlites_column_limit(tree):
     columns = run_cli(tree, "--columns", "*", "--format", "csv", "--limit", "1", prog="dbdict-query")
     header = next(csv.reader(io.StringIO(columns.stdout)))
     assert {f"m_{i}" for i in range(3000)} <= set(header)
+    sql = run_cli(tree, "--sql", "select offset, value from jobs join jobs_extra on job = jobs.rowid "
+                  "where key = 'm_2999'", "--format", "csv", prog="dbdict-query")
+    assert sql.stdout.splitlines() == ["offset,value", "2000,999"], (sql.stdout, sql.stderr)
     st = run_cli("status", tree, "m_1500=500", "--format", "json")
     assert json.loads(st.stdout)["counts"] == {"done": 1}, st.stdout
 
@@ -107,6 +110,10 @@ def test_booleans_and_infinities_keep_their_type_in_json_and_csv(tree):
     proc = run_cli(tree, "--columns", cols, "--format", "csv", prog="dbdict-query")
     assert proc.stdout.splitlines() == [cols, "true,false,true,false,inf,-inf"], proc.stdout
     assert len(query(tree, "flag=true", "--where", "good = true and top > 1e308")) == 1
+    # a result key of any characters: backquoted in filters, --where, --columns and --sort
+    rows = query(tree, "`acc/class 3`=0.95", "--where", "`acc/class 3` > 0.9", "--columns", "`acc/class 3`,flag",
+                 "--sort", "-`acc/class 3`")
+    assert rows == [{"acc/class 3": 0.95, "flag": True}], rows
     shown = run_cli("show", jobdirs(tree)[0], "--format", "json")
     assert strict_json(shown.stdout)["state"]["top"] == "Infinity", shown.stdout
 

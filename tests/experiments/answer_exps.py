@@ -19,6 +19,7 @@ def special_values(state, channel):
     state.bad = False
     state.top = math.inf
     state.bottom = -math.inf
+    state["acc/class 3"] = 0.95  # a result key that is no identifier
     return COMPLETE
 
 
