@@ -408,13 +408,17 @@ def run_claimed(held, opts, signals):
                 worker=held.token["worker"], cluster_job=held.token["cluster_job"],
                 start=booking.utc_iso(), end=None, duration=None, error=None,
                 runs=int(book.get("runs", 0) or 0) + 1)
-    resume = book["runs"] > 1
+    fresh = book.pop("fresh_workdir", None) is True  # requeue --fresh: start from scratch
+    resume = book["runs"] > 1 and not fresh
     scratch = None
     try:
         # The attempt's own directory (DESIGN.md 5.1), resolved once: the experiment's cwd
         # and any --scratch sync-back use it, never the `workdir` name.
         source = workdir.committed_name(held.jobdir, held.state, held.names)
-        cwd, wname, _ = workdir.prepare(held, workdir.clean_start(held), held.keep_alive, source)
+        if fresh:
+            cwd, wname, _ = workdir.prepare_fresh(held, source)
+        else:
+            cwd, wname, _ = workdir.prepare(held, workdir.clean_start(held), held.keep_alive, source)
         book["workdir"] = wname
         if opts.scratch:
             from .scratch import Scratch

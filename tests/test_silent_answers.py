@@ -169,8 +169,8 @@ def test_requeue_fresh_starts_in_an_empty_workdir_and_keeps_the_old_one(tree):
     assert run_cli("work", tree).returncode == 0
     state = read_state(job)
     assert state["dbdict"]["status"] == "done" and state["runs_seen"] == 1, state
-    assert state["cwd_files"] == []
-    kept_dir = kept[0].rsplit(" ", 1)[-1]
+    assert state["cwd_files"] == ["runs"]  # nothing of the old directory
+    kept_dir = kept[0].split("the old one stays as ", 1)[1]
     assert os.path.isdir(kept_dir) and os.path.dirname(kept_dir) == job, kept[0]
     assert open(os.path.join(kept_dir, "runs")).read() == "2"
     assert os.path.realpath(os.path.join(job, "workdir")) not in (old, os.path.realpath(kept_dir))
