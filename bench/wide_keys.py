@@ -69,7 +69,8 @@ def main():
             for name, q in queries(distinct).items():
                 if distinct > 50 and "rare" in name:
                     check = subprocess.run(cli + [tree] + q, capture_output=True, text=True, env=env)
-                    assert check.returncode == 0 and len(check.stdout.splitlines()) > 2  # seed 7 and m_120's jobs, check.stderr
+                    rows = check.stdout.splitlines()
+                    assert check.returncode == 0 and len(rows) > 2, check.stderr  # seed 7's and m_120's jobs
                 cold = query_bench.best(cli + [tree] + q + ["--no-cache"], args.repeat, env)
                 query_bench.best(cli + [tree] + q, 1, env)  # write the cache
                 warm = query_bench.best(cli + [tree] + q, args.repeat, env)

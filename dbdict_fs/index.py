@@ -216,9 +216,10 @@ def fill_table(conn, rows):
 
     Columns are typed from every value they hold; SQLite column names ignore case, so keys
     that differ only in case share the column spelled first in sorted order, and a job that
-    has two such keys itself is made corrupt. Beyond MAX_COLUMNS (every `dbdict.` key and
-    then the most common keys first) the rarest keys overflow into `jobs_extra(job, key,
-    value)`, job = jobs.rowid, key spelled as its column would be: `overflow` lists them.
+    has two such keys itself is made corrupt. A tree with more keys than MAX_COLUMNS keeps
+    every `dbdict.` key and every key at least 1/OVERFLOW_SHARE of its rows hold as columns
+    (the most common first, at most MAX_COLUMNS); the others overflow into `jobs_extra(job,
+    key, value)`, job = jobs.rowid, key spelled as its column would be: `overflow` lists them.
     """
     groups = {}
     for i, row in enumerate(rows, 1):
@@ -844,7 +845,7 @@ class Index:
         """The SQL expression of a column (as resolve() returns it): its quoted name, or
         for a key kept in `jobs_extra` the subquery that reads this job's value of it."""
         if self._columns is None:
-            self.columns
+            self.columns  # noqa: B018 - computes _extra too
         if column not in self._extra:
             return quote(column)
         return (f"(SELECT value FROM {EXTRA} WHERE {EXTRA}.job = {TABLE}.rowid AND "
@@ -894,7 +895,7 @@ class Index:
         expression, sorted by `sort` ("key", "-key" or a list, NULLs last), path otherwise."""
         clauses, params = [], []
         if self._columns is None:
-            self.columns  # also learns which keys live in jobs_extra
+            self.columns  # noqa: B018 - also learns which keys live in jobs_extra
         items = filters.items() if isinstance(filters, dict) else (filters or ())
         for key, value in items:
             if isinstance(value, dict):

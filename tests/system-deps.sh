@@ -13,8 +13,8 @@ missing() {
     have chromium || need+=(chromium)
     have chromedriver || need+=(chromium-driver)
     have fusermount || have fusermount3 || need+=(fuse3)
-    { [ -e /usr/lib/x86_64-linux-gnu/libfuse.so.2 ] || { have ldconfig && ldconfig -p 2>/dev/null | grep -q "libfuse.so.2"; }; } ||
-        need+=(libfuse2)
+    [ -e /usr/lib/x86_64-linux-gnu/libfuse.so.2 ] ||
+        { have ldconfig && ldconfig -p 2>/dev/null | grep -q "libfuse.so.2"; } || need+=(libfuse2)
     have strace || need+=(strace)
     have faketime || need+=(faketime)
 }
