@@ -23,6 +23,7 @@ TABLE = "jobs"
 # Keys beyond MAX_COLUMNS (SQLite's column limit) live here, one row per (job, key): every
 # key stays queryable and filterable however many a tree holds (DESIGN.md 6, rev 4).
 EXTRA = "jobs_extra"
+EXTRA_KEYS = "jobs_extra_keys"  # the distinct keys of jobs_extra, sorted (a warm query lists them)
 PATH, STATUS, ERROR = "dbdict.path", "dbdict.status", "dbdict.error"
 NAN = "dbdict.nan"  # comma-separated keys whose value is NaN (NULL in SQL)
 SHORT_NAMES = ("status", "path")  # always dbdict.status and dbdict.path, even beside user keys so named
@@ -262,6 +263,7 @@ def fill_table(conn, rows):
     conn.execute(f"CREATE TABLE {TABLE} ({decls})")
     conn.execute(f"CREATE TABLE {EXTRA} (job INTEGER NOT NULL, key TEXT NOT NULL, value, "
                  f"PRIMARY KEY (job, key)) WITHOUT ROWID")
+    conn.execute(f"CREATE TABLE {EXTRA_KEYS} (key TEXT PRIMARY KEY) WITHOUT ROWID")
     extra, inserts = [], groups
     if overflow:  # rows that differ only in overflow keys share one INSERT
         inserts = {}
@@ -279,12 +281,14 @@ def fill_table(conn, rows):
         cols = ", ".join(quote(spelling[k.lower()]) for k in keys)
         marks = ", ".join("?" * (len(keys) + 1))
         conn.executemany(f"INSERT INTO {TABLE} (rowid, {cols}) VALUES ({marks})", group)
+    overflow = sorted(overflow.values())
     if extra:
         extra.sort()
         conn.executemany(f"INSERT INTO {EXTRA} (job, key, value) VALUES (?, ?, ?)", extra)
+        conn.executemany(f"INSERT INTO {EXTRA_KEYS} (key) VALUES (?)", [(k,) for k in overflow])
     conn.commit()
     keysets = {keys: n for n, keys in enumerate(groups)}  # every row's keys, as the rows are now
-    return keysets, sorted(overflow.values())
+    return keysets, overflow
 
 
 # ---------------------------------------------------------------- the cache
@@ -833,7 +837,7 @@ class Index:
             columns = [r[1] for r in self.conn.execute(f"PRAGMA table_info({TABLE})")]
             self._extra = {}
             try:
-                self._extra = {k: True for (k,) in self.conn.execute(f"SELECT DISTINCT key FROM {EXTRA}")}
+                self._extra = dict.fromkeys(k for (k,) in self.conn.execute(f"SELECT key FROM {EXTRA_KEYS}"))
             except sqlite3.OperationalError:  # an index saved before jobs_extra existed
                 pass
             if self._extra:
