@@ -319,7 +319,7 @@ example:
 
     p = add("work", cmd_work, "worker loop: run the tree's runnable jobs by priority", f"""
 Book runnable jobs by priority and run them until none is left. Start as many workers as
-you like, on any hosts sharing the tree. SIGTERM/SIGINT/SIGUSR1/SIGUSR2 ask the running
+you like, on any hosts sharing the tree. SIGTERM/SIGINT/SIGHUP/SIGUSR1/SIGUSR2 ask the running
 experiment to stop (channel() answers 'stop'), requeue its job, and end the worker.
 
 examples:
@@ -399,7 +399,11 @@ examples:
   {prog} requeue tree                          # failed, canceled and stale jobs
   {prog} requeue tree --status failed lr=0.1 --priority 5
   {prog} requeue tree --force                  # also done jobs
+  {prog} requeue tree --force --fresh lr=0.1   # run done jobs again from scratch
   {prog} requeue tree --status running --force arch=vit   # take live jobs back
+
+--fresh: the next attempt starts in an empty workdir instead of resuming from the last
+checkpoint; the old workdir is kept beside it (JOBDIR/workdir.<N>.kept), never deleted.
 """)
     if p:
         p.add_argument("tree", metavar="TREE")
@@ -409,6 +413,8 @@ examples:
         p.add_argument("--priority", type=_number, help="the new priority")
         p.add_argument("--force", action="store_true",
                        help="also requeue done jobs, and allow --status running/booked (fences their live worker)")
+        p.add_argument("--fresh", action="store_true",
+                       help="the next attempt starts in an empty workdir (the old one is kept beside it)")
         p.add_argument("--dry-run", action="store_true", help="list what would change")
         p.add_argument("-q", "--quiet", action="store_true", help="print only the summary line")
 

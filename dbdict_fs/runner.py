@@ -26,7 +26,10 @@ from . import options, seams, workdir
 from .discovery import Discovery, hint, mark_final
 from .errors import CorruptJob, ExitCode, Fenced, JobNotFound, NotRunnable, UsageError, WriteError
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+# SIGHUP (an ssh session closing, a tmux pane killed) stops like SIGTERM (DESIGN.md 5, rev 4).
+# It is not a hard signal: a closing terminal may deliver it twice (the kernel's hangup to the
+# foreground group, then the shell's to its jobs), which must not skip the checkpoint.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 HARD_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # a second one of these ends the attempt at once
 _LOST = object()  # _wait_child: the claim was lost while waiting
 _PR_SET_PDEATHSIG = 1
@@ -63,7 +66,7 @@ class Outcome:
 # ---------------------------------------------------------------- signals
 
 class StopSignals:
-    """Turns SIGTERM/SIGINT/SIGUSR1/SIGUSR2 into a request to stop, readable by select()."""
+    """Turns SIGTERM/SIGINT/SIGHUP/SIGUSR1/SIGUSR2 into a request to stop, readable by select()."""
 
     def __init__(self):
         self.received = []
@@ -356,13 +359,17 @@ def run_claimed(held, opts, signals):
                 worker=held.token["worker"], cluster_job=held.token["cluster_job"],
                 start=booking.utc_iso(), end=None, duration=None, error=None,
                 runs=int(book.get("runs", 0) or 0) + 1)
-    resume = book["runs"] > 1
+    fresh = book.pop("fresh_workdir", None) is True  # requeue --fresh: start from scratch
+    resume = book["runs"] > 1 and not fresh
     scratch = None
     try:
         # The attempt's own directory (DESIGN.md 5.1), resolved once: the experiment's cwd
         # and any --scratch sync-back use it, never the `workdir` name.
         source = workdir.committed_name(held.jobdir, held.state, held.names)
-        cwd, wname, _ = workdir.prepare(held, workdir.clean_start(held), held.keep_alive, source)
+        if fresh:
+            cwd, wname, _ = workdir.prepare_fresh(held, source)
+        else:
+            cwd, wname, _ = workdir.prepare(held, workdir.clean_start(held), held.keep_alive, source)
         book["workdir"] = wname
         if opts.scratch:
             from .scratch import Scratch
