@@ -20,10 +20,14 @@ install: $(BIN)/.installed
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
 
+# tests/system-deps.sh installs (as root, with apt-get) or names the system packages the
+# tests drive for real (chromium, FUSE, strace, faketime), so none of them skips unseen.
 test: install
+	bash tests/system-deps.sh
 	$(BIN)/python -m pytest -q
 
 test-slow: install
+	bash tests/system-deps.sh
 	$(BIN)/python -m pytest -q --run-slow
 
 bench: install

@@ -23,10 +23,10 @@ import socket
 import time
 
 from . import jobdir as jd
+from . import seams
 from .errors import Fenced, JobNotFound, NotRunnable, UsageError, WriteError
+from .options import DEFAULT_HEARTBEAT, DEFAULT_LEASE
 
-DEFAULT_LEASE = 600.0
-DEFAULT_HEARTBEAT = 30.0
 COMMAND_LEASE = 30.0  # a command killed after its link blocks the job for no longer (DESIGN 4)
 RUNNABLE_AFTER_STALE = ("ready", "running")
 FINAL = ("done", "failed", "canceled")
@@ -180,7 +180,7 @@ def _cluster_job():
 
 def link_claim(jobdir, epoch, token):
     """Try to make claim.<epoch> ours. True if we won, False if another process has it."""
-    tok = os.path.join(jobdir, f".tok.{token['host']}.{jd.unique_suffix()}")
+    tok = os.path.join(jobdir, jd.token_name(token["host"]))
     try:
         fd = os.open(tok, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
@@ -193,7 +193,7 @@ def link_claim(jobdir, epoch, token):
         raise WriteError(f"{jobdir}: cannot write a claim token: {exc.strerror or exc}") from exc
     try:
         os.link(tok, os.path.join(jobdir, jd.claim_name(epoch)))
-        if os.environ.get("DBDICT_TEST_LOST_LINK_REPLY"):
+        if seams.LOST_LINK_REPLY:
             # Test seam: the link was made but its reply is lost, as an NFS client sees when a
             # retransmitted LINK answers EEXIST. Only the link-count check below can tell.
             raise OSError(errno.EEXIST, "simulated lost reply to LINK")
@@ -208,7 +208,7 @@ def link_claim(jobdir, epoch, token):
             # ENOENT: our token was swept as a transient while link() stalled for a lease:
             # no claim was made, so this is a lost race like EEXIST (try the next job).
             return False
-        raise WriteError(f"{jobdir}: cannot link claim.{epoch}: {exc.strerror or exc}") from exc
+        raise WriteError(f"{jobdir}: cannot link {jd.claim_name(epoch)}: {exc.strerror or exc}") from exc
     finally:
         _unlink(tok)
 
@@ -343,7 +343,7 @@ def held_message(jobdir, epoch, token, booked=False):
     if token.get("cluster_job"):
         who += f" (cluster job {token['cluster_job']})"
     what = "booked" if booked else "running"
-    return f"{jobdir}: {what} by {who} since {token.get('time', '?')} (claim.{epoch})"
+    return f"{jobdir}: {what} by {who} since {token.get('time', '?')} ({jd.claim_name(epoch)})"
 
 
 def scheduler_gone(cluster_jobs):
@@ -351,9 +351,9 @@ def scheduler_gone(cluster_jobs):
     ids = {str(j) for j in cluster_jobs if j}
     if not ids:
         return set()
-    from . import slurm  # only where a claim names a cluster job
+    from . import scheduler  # only where a claim names a cluster job
 
-    return {j for j, gone in slurm.jobs_gone(ids).items() if gone}
+    return {j for j, gone in scheduler.jobs_gone(ids).items() if gone}
 
 
 def claim_age(jobdir, epoch):
@@ -464,7 +464,7 @@ class Claim:
                 self.last_ok = before
             except OSError as exc:
                 if exc.errno in (errno.ENOENT, errno.ESTALE):
-                    self.lost = f"claim.{self.epoch} disappeared"
+                    self.lost = f"{jd.claim_name(self.epoch)} disappeared"
             listing = self._check_newer()
             if listing is not None and self.lost is None:
                 self._sweep_transients(listing.names)
@@ -480,7 +480,7 @@ class Claim:
         now = boottime()
         seen = {}
         for name in names:
-            if not name.startswith((".tok.", ".tmp.")):
+            if not name.startswith(jd.TRANSIENT_PREFIXES):
                 continue
             path = os.path.join(self.jobdir, name)
             try:
@@ -512,7 +512,7 @@ class Claim:
         top = listing.claim_epoch
         if top > self.epoch and self.lost is None:
             token = _read_token(self.jobdir, top)
-            self.lost = f"claim.{top} was taken by {token.get('host', '?')} pid {token.get('pid', '?')} " \
+            self.lost = f"{jd.claim_name(top)} was taken by {token.get('host', '?')} pid {token.get('pid', '?')} " \
                         f"({token.get('purpose', 'steal')})"
             self.taken_by = token
         return listing

@@ -213,10 +213,17 @@ def main(argv=None):
             _send_final(link, {"op": "error", "error": last, "state": state})
             return 1
     sys.stdout.flush()
-    outcome = "incomplete" if returned is True else "complete"
-    if returned not in (None, True, False):
-        outcome = "complete"
-    _send_final(link, {"op": "result", "returned": outcome, "state": state})
+    # Only None (COMPLETE) and True (INCOMPLETE) are outcomes (DESIGN.md 5, rev 4): a
+    # `return "done"` or `return False` is a mistake that must not end `done` unnoticed.
+    if returned is not None and returned is not True:
+        error = (f"ValueError: the experiment returned {_shown(returned)}: return COMPLETE (None) "
+                 f"or INCOMPLETE (True)")
+        sys.stderr.write(f"dbdict: {error}\n")
+        sys.stderr.flush()
+        _send_final(link, {"op": "error", "error": error, "state": state})
+        return 1
+    _send_final(link, {"op": "result", "returned": "incomplete" if returned is True else "complete",
+                       "state": state})
     return 0
 
 
@@ -244,6 +251,18 @@ def run_forked(control_fd, result_fd):
     if code is None:
         return 0
     return code if isinstance(code, int) else 1
+
+
+def _shown(value, limit=80):
+    """repr(value), cut to `limit` characters, with its type when repr does not say it."""
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a broken __repr__ must not hide the mistake
+        text = "?"
+    if len(text) > limit:
+        text = text[:limit - 3] + "..."
+    kind = type(value).__name__
+    return text if kind in ("str", "bool", "int", "float", "list", "dict", "tuple") else f"{text} (a {kind})"
 
 
 def _print_user_traceback(exc):

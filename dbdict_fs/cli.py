@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 
+from . import options
 from .argtypes import Parser
 from .argtypes import finite as _number
 from .argtypes import positive_int as _positive_int
@@ -16,40 +17,13 @@ from .argtypes import seconds as _seconds
 from .command import run_command
 from .errors import ExitCode, UsageError
 
-EXIT_USAGE = ExitCode.USAGE
-_Parser = Parser  # the old name
-
 
 def _help(text):
     return {"formatter_class": argparse.RawDescriptionHelpFormatter, "description": text.strip()}
 
 
-RUN_OPTIONS = ("grace", "max_runtime", "lease", "heartbeat", "finish_up_after", "save_every",
-               "max_attempts", "max_resumes", "restart_priority", "scratch", "quiet")
-
-
 def _add_run_options(p):
-    g = p.add_argument_group("attempt options (run, work, cmdline)")
-    g.add_argument("--grace", type=_seconds, default=60.0, metavar="S",
-                   help="after 'stop', seconds before the experiment is killed (default 60)")
-    g.add_argument("--max-runtime", type=_seconds, metavar="S", help="kill an attempt after S seconds")
-    g.add_argument("--lease", type=_seconds, metavar="S",
-                   help="claim lease in seconds (env DBDICT_LEASE, default 600)")
-    g.add_argument("--heartbeat", type=_seconds, metavar="S",
-                   help="heartbeat interval, at most lease/5 (env DBDICT_HEARTBEAT, default 30)")
-    g.add_argument("--finish-up-after", type=_seconds, metavar="S",
-                   help="after S seconds channel() answers 'finish-up'")
-    g.add_argument("--save-every", type=_seconds, metavar="S", help="channel() answers 'save' every S seconds")
-    g.add_argument("--max-attempts", type=_positive_int, default=3, metavar="N",
-                   help="attempts lost to crashes or kills before the job is failed (default 3)")
-    g.add_argument("--max-resumes", type=_positive_int, metavar="N",
-                   help="INCOMPLETE returns before the job is failed (default unlimited)")
-    g.add_argument("--restart-priority", type=_number, default=2.0, metavar="P",
-                   help="priority of a job requeued after INCOMPLETE (default 2.0)")
-    g.add_argument("--scratch", metavar="DIR",
-                   help="run in a node-local copy of workdir under DIR, synced back atomically "
-                        "(env DBDICT_EXPERIMENT_TEMPDIR)")
-    g.add_argument("-q", "--quiet", action="store_true", help="print less")
+    options.add_arguments(p.add_argument_group("attempt options (run, work, cmdline)"))
 
 
 def _add_config_printing(p):
@@ -59,10 +33,6 @@ def _add_config_printing(p):
                    help="print each full config (defaults filled in), create nothing")
     p.add_argument("--no-check-keys", action="store_true",
                    help="do not reject keys a class experiment's defaults do not declare")
-
-
-def _run_options(args):
-    return {k: getattr(args, k) for k in RUN_OPTIONS if getattr(args, k, None) is not None}
 
 
 # ---------------------------------------------------------------- commands
@@ -135,7 +105,7 @@ def _print_experiment_config(experiment, configs):
 def cmd_run(args):
     from .runner import run_job
 
-    outcome = run_job(args.jobdir, **_run_options(args))
+    outcome = run_job(args.jobdir, **options.given(args))
     if outcome.message and not (args.quiet and outcome.exit_code == 0):
         print(outcome.message, file=sys.stderr)
     return outcome.exit_code
@@ -156,7 +126,7 @@ def cmd_work(args):
         print(f"{outcome.status:8} {outcome.jobdir}{detail}", file=sys.stderr)
 
     counts = work(args.tree, max_jobs=args.max_jobs, wait=args.wait, select_rows=select_rows,
-                  on_outcome=report, preload=args.preload, **_run_options(args))
+                  on_outcome=report, **options.given(args))
     interrupted = counts.pop("interrupted", 0)
     if not counts and not interrupted:
         from . import jobdir as jd
@@ -202,14 +172,14 @@ def cmd_cmdline(args):
         return _print_experiment_config(args.experiment, configs if args.print_config else None)
     from .runner import make_options
 
-    make_options(**_run_options(args))  # bad options must not leave a job directory behind
+    make_options(**options.given(args))  # bad options must not leave a job directory behind
     stamp = utc_iso().replace(":", "").replace("-", "")
     name = f"{stamp}-{os.getpid()}"
     result = create_jobs(args.tree, configs, args.experiment, name=name, duplicates="add",
                          check_keys=not args.no_check_keys, marker=False)
     jobdir = result.created[0]
     print(f"job directory: {jobdir}", file=sys.stderr)
-    outcome = run_job(jobdir, **_run_options(args))
+    outcome = run_job(jobdir, **options.given(args))
     from .jobdir import read_latest_state
 
     _, state = read_latest_state(jobdir)
@@ -234,9 +204,10 @@ def cmd_status(args):
     runs (`slurm.submission_health`: read only when TREE/.dbdict/slurm/ records one)."""
     import json
 
+    from . import jobdir as jd
     from . import ops
 
-    if getattr(args, "watch", None) or not os.path.isdir(os.path.join(args.tree, ".dbdict", "slurm")):
+    if getattr(args, "watch", None) or not os.path.isdir(os.path.join(args.tree, jd.SLURM_DIR)):
         return ops.cmd_status(args)
     from .slurm import submission_health
 
@@ -348,7 +319,7 @@ example:
 
     p = add("work", cmd_work, "worker loop: run the tree's runnable jobs by priority", f"""
 Book runnable jobs by priority and run them until none is left. Start as many workers as
-you like, on any hosts sharing the tree. SIGTERM/SIGINT/SIGUSR1/SIGUSR2 ask the running
+you like, on any hosts sharing the tree. SIGTERM/SIGINT/SIGHUP/SIGUSR1/SIGUSR2 ask the running
 experiment to stop (channel() answers 'stop'), requeue its job, and end the worker.
 
 examples:
@@ -362,9 +333,6 @@ examples:
         p.add_argument("--max-jobs", type=_positive_int, metavar="N", help="stop after N jobs")
         p.add_argument("--wait", action="store_true",
                        help="keep polling while jobs run elsewhere (takes over stale ones)")
-        p.add_argument("--preload", metavar="MOD[,MOD...]",
-                       help="import these modules once, in a zygote that forks each experiment "
-                            "(e.g. numpy,torch: short GPU jobs; they must not start CUDA at import)")
         _add_run_options(p)
 
     p = add("cmdline", cmd_cmdline, "run an experiment once in a fresh job directory", f"""
@@ -431,7 +399,11 @@ examples:
   {prog} requeue tree                          # failed, canceled and stale jobs
   {prog} requeue tree --status failed lr=0.1 --priority 5
   {prog} requeue tree --force                  # also done jobs
+  {prog} requeue tree --force --fresh lr=0.1   # run done jobs again from scratch
   {prog} requeue tree --status running --force arch=vit   # take live jobs back
+
+--fresh: the next attempt starts in an empty workdir instead of resuming from the last
+checkpoint; the old workdir is kept beside it (JOBDIR/workdir.<N>.kept), never deleted.
 """)
     if p:
         p.add_argument("tree", metavar="TREE")
@@ -441,6 +413,8 @@ examples:
         p.add_argument("--priority", type=_number, help="the new priority")
         p.add_argument("--force", action="store_true",
                        help="also requeue done jobs, and allow --status running/booked (fences their live worker)")
+        p.add_argument("--fresh", action="store_true",
+                       help="the next attempt starts in an empty workdir (the old one is kept beside it)")
         p.add_argument("--dry-run", action="store_true", help="list what would change")
         p.add_argument("-q", "--quiet", action="store_true", help="print only the summary line")
 

@@ -322,7 +322,7 @@ def _write_job(tree, rel, config, experiment, pythonpath, digest, priority, plac
     if pythonpath:
         book["pythonpath"] = list(pythonpath)
     book.update(hash=digest, created=utc_now())
-    tmp = os.path.join(tree, f".tmp.create.{digest}.{jd.unique_suffix()}")
+    tmp = os.path.join(tree, f"{jd.TMP_PREFIX}create.{digest}.{jd.unique_suffix()}")
     try:
         os.mkdir(tmp)
         paths = jd.JobPaths(tmp)

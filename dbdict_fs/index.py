@@ -20,15 +20,21 @@ from .errors import DbdictError, UsageError
 from .where import compile_where, quote
 
 TABLE = "jobs"
+# Keys beyond MAX_COLUMNS (SQLite's column limit) live here, one row per (job, key): every
+# key stays queryable and filterable however many a tree holds (DESIGN.md 6, rev 4).
+EXTRA = "jobs_extra"
+EXTRA_KEYS = "jobs_extra_keys"  # the distinct keys of jobs_extra, sorted (a warm query lists them)
 PATH, STATUS, ERROR = "dbdict.path", "dbdict.status", "dbdict.error"
 NAN = "dbdict.nan"  # comma-separated keys whose value is NaN (NULL in SQL)
-DEFAULT_LEASE = 600.0  # seconds, when a claim's token names none (as booking.DEFAULT_LEASE)
+SHORT_NAMES = ("status", "path")  # always dbdict.status and dbdict.path, even beside user keys so named
+BOOL = "dbdict.bool"  # comma-separated keys whose value is a boolean (1/0 in SQL)
 LIVE = ("running", "booked")  # statuses that turn `stale` when the top claim's lease ran out
 # A directory (or state file) modified less than this long before we read it may change again
 # within the same timestamp tick without its mtime moving: such cache entries are re-read.
 TRUST_SECONDS = 2.0
 MAX_COLUMNS = 1900  # SQLite's default limit is 2000 columns per table
-CACHE_MAGIC = b"dbdict_fs index cache 1\n"
+OVERFLOW_SHARE = 100  # in a tree wider than that, keys held by < 1/100 of its jobs go to jobs_extra
+CACHE_MAGIC = b"dbdict_fs index cache 2\n"  # 2: jobs_extra, dbdict.bool
 # A walk goes parallel (os.cpu_count() processes) when it has at least this many directories
 # to split and, by a cheap estimate, this many jobs to read ($DBDICT_PARALLEL_MIN_JOBS):
 # below it, forking and sending rows back costs more than it saves (bench/query.py).
@@ -54,8 +60,11 @@ def flatten(data, prefix="", out=None):
                 flatten(value, key + ".", out)
             else:
                 out[key] = "{}"
-        elif kind is str or kind is bool or value is None:
+        elif kind is str or value is None:
             out[key] = value
+        elif kind is bool:
+            out[key] = value  # SQLite stores it as 1/0: say which keys were booleans
+            out[BOOL] = f"{out[BOOL]},{key}" if BOOL in out else key
         elif kind is int:
             out[key] = value if -_INT64 <= value < _INT64 else str(value)  # SQLite ints are 64-bit
         elif kind is float:
@@ -108,13 +117,6 @@ def parse_state(raw, path, epoch):
 
 
 _MISSING = object()
-
-
-def claim_lease(token):
-    lease = token.get("lease", DEFAULT_LEASE)
-    if isinstance(lease, bool) or not isinstance(lease, (int, float)) or lease <= 0:
-        return DEFAULT_LEASE
-    return float(lease)
 
 
 def live_status(jobdir, raw_status, claim_epoch, row, identity=None):
@@ -202,11 +204,15 @@ def _column_type(types):
 
 
 def fill_table(conn, rows):
-    """Create table `jobs` from flat row dicts (rowid = position + 1). Returns (keysets, dropped).
+    """Create tables `jobs` and `jobs_extra` from flat row dicts (rowid = position + 1).
+    Returns (keysets, overflow).
 
     Columns are typed from every value they hold; SQLite column names ignore case, so keys
     that differ only in case share the column spelled first in sorted order, and a job that
-    has two such keys itself is made corrupt. Beyond MAX_COLUMNS the rarest keys are dropped.
+    has two such keys itself is made corrupt. A tree with more keys than MAX_COLUMNS keeps
+    every `dbdict.` key and every key at least 1/OVERFLOW_SHARE of its rows hold as columns
+    (the most common first, at most MAX_COLUMNS); the others overflow into `jobs_extra(job,
+    key, value)`, job = jobs.rowid, key spelled as its column would be: `overflow` lists them.
     """
     groups = {}
     for i, row in enumerate(rows, 1):
@@ -233,16 +239,33 @@ def fill_table(conn, rows):
     for name in (PATH, STATUS):
         spelling.setdefault(name, name)
         types.setdefault(name, {str})
-    dropped = []
+    overflow = {}
     if len(spelling) > MAX_COLUMNS:
-        keep = sorted(spelling, key=lambda low: (low not in (PATH, STATUS, ERROR), -counts.get(low, 0), low))
-        dropped = sorted(spelling[low] for low in keep[MAX_COLUMNS:])
-        for low in keep[MAX_COLUMNS:]:
-            del spelling[low]
+        # A tree too wide for one table: the keys fewer than 1% of its jobs hold (per-job
+        # metrics) go beside it, so the rows' column sets stay few (one INSERT statement
+        # each) and the table narrow; then, beyond MAX_COLUMNS, the rarest others.
+        rare = len(rows) / OVERFLOW_SHARE
+        keep = sorted(spelling, key=lambda low: (not low.startswith("dbdict."), -counts.get(low, 0), low))
+        for i, low in enumerate(keep):
+            if i >= MAX_COLUMNS or (counts.get(low, 0) < rare and not low.startswith("dbdict.")
+                                    and low not in (PATH, STATUS, ERROR)):
+                overflow[low] = spelling.pop(low)
     names = sorted(spelling.values(), key=lambda n: (n.startswith("dbdict."), n))
     decls = ", ".join(f"{quote(n)} {_column_type(types[n.lower()])}".rstrip() for n in names)
     conn.execute(f"CREATE TABLE {TABLE} ({decls})")
-    for keys, group in groups.items():
+    conn.execute(f"CREATE TABLE {EXTRA} (job INTEGER NOT NULL, key TEXT NOT NULL, value, "
+                 f"PRIMARY KEY (job, key)) WITHOUT ROWID")
+    conn.execute(f"CREATE TABLE {EXTRA_KEYS} (key TEXT PRIMARY KEY) WITHOUT ROWID")
+    extra, inserts = [], groups
+    if overflow:  # rows that differ only in overflow keys share one INSERT
+        inserts = {}
+        for keys, group in groups.items():
+            keep = [j for j, k in enumerate(keys, 1) if k.lower() in spelling]
+            more = [(j, overflow[k.lower()]) for j, k in enumerate(keys, 1) if k.lower() in overflow]
+            extra.extend((g[0], key, g[j]) for g in group for j, key in more)
+            inserts.setdefault(tuple(keys[j - 1] for j in keep), []).extend(
+                (g[0], *(g[j] for j in keep)) for g in group)
+    for keys, group in inserts.items():
         keep = [j for j, k in enumerate(keys, 1) if k.lower() in spelling]
         if len(keep) < len(keys):
             group = [(g[0], *(g[j] for j in keep)) for g in group]
@@ -250,9 +273,14 @@ def fill_table(conn, rows):
         cols = ", ".join(quote(spelling[k.lower()]) for k in keys)
         marks = ", ".join("?" * (len(keys) + 1))
         conn.executemany(f"INSERT INTO {TABLE} (rowid, {cols}) VALUES ({marks})", group)
+    overflow = sorted(overflow.values())
+    if extra:
+        extra.sort()
+        conn.executemany(f"INSERT INTO {EXTRA} (job, key, value) VALUES (?, ?, ?)", extra)
+        conn.executemany(f"INSERT INTO {EXTRA_KEYS} (key) VALUES (?)", [(k,) for k in overflow])
     conn.commit()
     keysets = {keys: n for n, keys in enumerate(groups)}  # every row's keys, as the rows are now
-    return keysets, dropped
+    return keysets, overflow
 
 
 # ---------------------------------------------------------------- the cache
@@ -533,8 +561,8 @@ class _Builder:
         rows = self._rows(old, kept, fresh)
         conn = sqlite3.connect(":memory:")
         table_rows = [r for _, r, _ in rows]
-        keysets, dropped = fill_table(conn, table_rows)  # may turn rows corrupt, in place
-        self.stats["dropped_columns"] = dropped
+        keysets, overflow = fill_table(conn, table_rows)  # may turn rows corrupt, in place
+        self.stats["overflow_columns"] = len(overflow)
         if self.use_cache:
             meta = {}
             for rowid, ((rel, original, m), row) in enumerate(zip(rows, table_rows), 1):
@@ -738,15 +766,21 @@ class _Builder:
             cur = conn.execute(f"SELECT rowid, * FROM {TABLE}")
             index = {d[0].lower(): i for i, d in enumerate(cur.description)}
             values = {r[0]: r for r in cur}
+            extra = {}
+            for job, key, value in conn.execute(f"SELECT job, key, value FROM {EXTRA}"):
+                extra.setdefault(job, {})[key.lower()] = value
             conn.close()
             keysets = old[0]["keysets"]
             for rel, meta in kept:
                 vals = values[meta[8]]
+                more = extra.get(meta[8])
                 row = {}
                 for key in keysets[meta[7]]:
                     i = index.get(key.lower())
                     if i is not None:
                         row[key] = vals[i]
+                    elif more is not None and key.lower() in more:
+                        row[key] = more[key.lower()]
                 if meta[4] in LIVE:
                     row[STATUS] = live_status(row[PATH], meta[4], meta[3], row)
                 out.append((rel, row, list(meta)))
@@ -779,6 +813,7 @@ class Index:
         self.tree = tree
         self.stats = stats or {}
         self._columns = None
+        self._extra = {}  # keys kept in jobs_extra (set with _columns)
 
     def __len__(self):
         return self.conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0]
@@ -788,10 +823,29 @@ class Index:
 
     @property
     def columns(self):
-        """Column names, user keys first (sorted), then the `dbdict.` ones."""
+        """Column names, user keys first (sorted), then the `dbdict.` ones; keys kept in
+        `jobs_extra` (beyond SQLite's column limit) included."""
         if self._columns is None:
-            self._columns = [r[1] for r in self.conn.execute(f"PRAGMA table_info({TABLE})")]
+            columns = [r[1] for r in self.conn.execute(f"PRAGMA table_info({TABLE})")]
+            self._extra = {}
+            try:
+                self._extra = dict.fromkeys(k for (k,) in self.conn.execute(f"SELECT key FROM {EXTRA_KEYS}"))
+            except sqlite3.OperationalError:  # an index saved before jobs_extra existed
+                pass
+            if self._extra:
+                columns = sorted(columns + list(self._extra), key=lambda n: (n.startswith("dbdict."), n))
+            self._columns = columns
         return list(self._columns)
+
+    def column_sql(self, column):
+        """The SQL expression of a column (as resolve() returns it): its quoted name, or
+        for a key kept in `jobs_extra` the subquery that reads this job's value of it."""
+        if self._columns is None:
+            self.columns  # noqa: B018 - computes _extra too
+        if column not in self._extra:
+            return quote(column)
+        return (f"(SELECT value FROM {EXTRA} WHERE {EXTRA}.job = {TABLE}.rowid AND "
+                f"{EXTRA}.key = '{column.replace(chr(39), chr(39) * 2)}')")
 
     @property
     def corrupt(self):
@@ -802,8 +856,18 @@ class Index:
 
     def resolve(self, name):
         """The column a user's name means: itself (case-insensitive, as SQLite) or the
-        `dbdict.` bookkeeping key of that name (`status` -> `dbdict.status`)."""
+        `dbdict.` bookkeeping key of that name (`epoch` -> `dbdict.epoch`). The short names
+        `status` and `path` always mean the job's own fields, whatever user keys the tree
+        holds (DESIGN.md 6, rev 4); a name in backquotes is the key of that exact name
+        (`` `status` `` is a user's key `status`, never dbdict.status)."""
         lower = {c.lower(): c for c in self.columns}
+        if len(name) > 2 and name[0] == name[-1] == "`":
+            column = lower.get(name[1:-1].lower())
+            if column is None:
+                raise UsageError(f"unknown column {name}")
+            return column
+        if name.lower() in SHORT_NAMES:
+            return "dbdict." + name.lower()
         for candidate in (name, "dbdict." + name):
             column = lower.get(candidate.lower())
             if column is not None:
@@ -826,6 +890,8 @@ class Index:
         """Rows matching every filter (a dict or (key, value) pairs, ANDed) and the `where`
         expression, sorted by `sort` ("key", "-key" or a list, NULLs last), path otherwise."""
         clauses, params = [], []
+        if self._columns is None:
+            self.columns  # noqa: B018 - also learns which keys live in jobs_extra
         items = filters.items() if isinstance(filters, dict) else (filters or ())
         for key, value in items:
             if isinstance(value, dict):
@@ -834,10 +900,14 @@ class Index:
             else:
                 self._equals(key, value, clauses, params)
         if where is not None:
-            sql, where_params = compile_where(where, self.resolve)
+            sql, where_params = compile_where(where, self.resolve, self.column_sql)
             clauses.append(f"({sql})")
             params.extend(where_params)
-        cols = "*" if not columns else ", ".join(quote(self.resolve(c)) for c in columns)
+        if columns:
+            cols = ", ".join(f"{self.column_sql(c)} AS {quote(c)}" if c in self._extra else quote(c)
+                             for c in map(self.resolve, columns))
+        else:
+            cols = f"{TABLE}.rowid, *" if self._extra else "*"
         query = f"SELECT {cols} FROM {TABLE}"
         if clauses:
             query += " WHERE " + " AND ".join(clauses)
@@ -847,16 +917,33 @@ class Index:
                 if not part:
                     continue
                 desc = part.startswith("-")
-                column = quote(self.resolve(part.lstrip("-+")))
+                column = self.column_sql(self.resolve(part.lstrip("-+")))
                 order.append(f"{column} IS NULL, {column}{' DESC' if desc else ''}")
-        query += " ORDER BY " + ", ".join(order + ["rowid"])
+        query += " ORDER BY " + ", ".join(order + [f"{TABLE}.rowid"])
         if limit is not None:
             query += " LIMIT ?"
             params.append(int(limit))
-        return self.sql(query, params)
+        if columns or not self._extra:
+            return self.sql(query, params)
+        return self._with_extra(self.conn.execute(query, params))
+
+    def _with_extra(self, cursor):
+        """Rows of a `SELECT rowid, *` with each job's keys from jobs_extra added."""
+        names = [d[0] for d in cursor.description][1:]
+        rows = {r[0]: dict(zip(names, r[1:])) for r in cursor}
+        if len(rows) > 500:  # many rows: one pass over the side table
+            found = self.conn.execute(f"SELECT job, key, value FROM {EXTRA}")
+        else:  # a few: their own entries only (the primary key starts with job)
+            found = self.conn.execute(f"SELECT job, key, value FROM {EXTRA} WHERE job IN "
+                                      f"({', '.join('?' * len(rows))})", list(rows))
+        for job, key, value in found:
+            row = rows.get(job)
+            if row is not None:
+                row[key] = value
+        return list(rows.values())
 
     def _equals(self, key, value, clauses, params):
-        column = quote(self.resolve(key))
+        column = self.column_sql(self.resolve(key))
         if value is None:
             clauses.append(f"{column} IS NULL")
             return

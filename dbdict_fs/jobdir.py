@@ -9,9 +9,9 @@ import errno
 import json
 import os
 import re
-import signal
 import stat
 
+from . import seams
 from .errors import CorruptJob, JobNotFound, WriteError
 
 CONFIG = "config.yaml"
@@ -20,6 +20,11 @@ STDOUT = "stdout"
 STDERR = "stderr"
 WORKDIR = "workdir"
 META_DIR = ".dbdict"
+SLURM_DIR = os.path.join(META_DIR, "slurm")  # TREE/.dbdict/slurm: scripts, job lists, task logs
+TOKEN_PREFIX = ".tok."  # a claim token before its link (DESIGN.md 4)
+TMP_PREFIX = ".tmp."  # anything being written; swept when unchanged for a lease
+TRANSIENT_PREFIXES = (TOKEN_PREFIX, TMP_PREFIX)
+ATTEMPT_HEADER = "==== dbdict attempt "  # each attempt's first line in stdout and stderr
 
 STATUSES = ("ready", "running", "done", "failed", "canceled")
 # Statuses the index and status commands derive; they are never written to a state file.
@@ -87,10 +92,20 @@ class JobPaths:
 
     def tmp(self, what):
         """A fresh transient file name (dot file: never a job or state, see DESIGN.md 1)."""
-        return self._join(f".tmp.{what}.{unique_suffix()}")
+        return self._join(f"{TMP_PREFIX}{what}.{unique_suffix()}")
 
     def is_job(self):
         return os.path.isfile(self.config)
+
+
+def token_name(host):
+    """A fresh claim token's name: `.tok.<host>.<unique suffix>`."""
+    return f"{TOKEN_PREFIX}{host}.{unique_suffix()}"
+
+
+def attempt_header(run, epoch, host, pid, start):
+    """The line that starts attempt `run` in stdout and stderr (`logs --attempt` splits at it)."""
+    return f"{ATTEMPT_HEADER}{run} (epoch {epoch}) host {host} pid {pid} started {start} ====\n"
 
 
 def state_name(epoch):
@@ -393,7 +408,7 @@ def replacing(path):
     renamed over `path`, so readers see the old file or the new one, never a part of one.
     On any error the temporary file is removed and `path` is left as it was."""
     directory, name = os.path.split(os.fspath(path))
-    tmp = os.path.join(directory, f".tmp.{name}.{unique_suffix()}")
+    tmp = os.path.join(directory, f"{TMP_PREFIX}{name}.{unique_suffix()}")
     try:
         yield tmp
         os.rename(tmp, path)
@@ -432,20 +447,13 @@ def dump_state(state):
 
 
 def _test_stop(point, status):
-    """Test seam: DBDICT_TEST_STOP_BEFORE_RENAME=<point>:<status>:<marker>[,...] makes this
-    process write <marker> (its pid) and SIGSTOP itself, once per marker, when it writes a
-    state whose status is <status>, at <point>: `write` (after the fence check, before the
-    temporary file), `state` (between the temporary file and its rename) or `link` (after
-    choosing the `state.yaml` link's target from its listing, before making the link).
-    A writer paused, or killed, exactly there."""
-    for spec in os.environ.get("DBDICT_TEST_STOP_BEFORE_RENAME", "").split(","):
-        parts = spec.split(":", 2)
-        if len(parts) != 3 or parts[:2] != [point, status] or os.path.exists(parts[2]):
-            continue
-        with open(parts[2] + ".tmp", "w") as f:
-            f.write(str(os.getpid()))
-        os.rename(parts[2] + ".tmp", parts[2])
-        os.kill(os.getpid(), signal.SIGSTOP)
+    """Test seam (seams.STOP_BEFORE_RENAME): a writer paused, or killed, exactly at `point`:
+    `write` (after the fence check, before the temporary file), `state` (between the
+    temporary file and its rename) or `link` (after choosing the `state.yaml` link's target
+    from its listing, before making the link), when it writes a state of `status`."""
+    for where, what, marker in seams.STOP_BEFORE_RENAME:
+        if (where, what) == (point, status):
+            seams.stop_here(marker)
 
 
 def write_state_file(jobdir, epoch, state):

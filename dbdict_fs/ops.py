@@ -14,7 +14,7 @@ import time
 from . import booking
 from . import jobdir as jd
 from .discovery import hint, mark_final, mark_live
-from .errors import DbdictError, NotRunnable, UsageError
+from .errors import DbdictError, ExitCode, NotRunnable, UsageError
 
 CANCELABLE = ("ready", "booked", "running", "stale")
 REQUEUEABLE = ("failed", "canceled", "stale", "done", "ready", "running", "booked")
@@ -85,14 +85,17 @@ def effective_status(state, derived):
     return status
 
 
-def requeue_transform(statuses, priority=None):
-    """ready again, if the job's status is one of `statuses`."""
+def requeue_transform(statuses, priority=None, fresh=False):
+    """ready again, if the job's status is one of `statuses`. `fresh`: its next attempt
+    starts in an empty workdir (runner honours dbdict.fresh_workdir, workdir.prepare_fresh)."""
     def transform(state, epoch, derived):
         if effective_status(state, derived) not in statuses:
             return None
         book = state["dbdict"]
         book.update(status="ready", error=None, returned=None)
         book.pop("pgid", None)
+        if fresh:
+            book["fresh_workdir"] = True
         if epoch is not None:
             book["requeue_epoch"] = epoch
         if priority is not None:
@@ -124,9 +127,10 @@ def _select(tree, filters=None, where=None, progress=False):
 
 
 def change_many(tree, transform_for, purpose, filters=None, where=None, dry_run=False, progress=False,
-                on_change=None):
+                on_change=None, check=None):
     """Apply a change to every selected job, each under its own claim. Returns
-    {"selected": N, "changed": [{"path", "was"}], "errors": [message]}."""
+    {"selected": N, "changed": [{"path", "was"}], "errors": [message]}. `check(path)`,
+    when given, may refuse a job (raising DbdictError) before anything is claimed."""
     rows = _select(tree, filters, where, progress)
     report = {"selected": len(rows), "changed": [], "errors": []}
     for row in rows:
@@ -135,6 +139,8 @@ def change_many(tree, transform_for, purpose, filters=None, where=None, dry_run=
         if transform is None:
             continue
         try:
+            if check is not None:
+                check(path)
             if dry_run or change_job(path, transform, purpose, ask_slurm=bool(row.get("_slurm_gone"))):
                 report["changed"].append({"path": path, "was": selected_as})
                 if on_change:
@@ -162,14 +168,29 @@ def requeue_statuses(status=None, force=False):
     return statuses
 
 
-def requeue(tree, filters=None, where=None, status=None, priority=None, force=False, dry_run=False, **kw):
-    """Make selected jobs ready again (Python API of `dbdict requeue`); see change_many."""
+def requeue(tree, filters=None, where=None, status=None, priority=None, force=False, dry_run=False,
+            fresh=False, **kw):
+    """Make selected jobs ready again (Python API of `dbdict requeue`); see change_many.
+    `fresh`: each one's next attempt starts in an empty workdir, the old one kept beside it."""
     statuses = requeue_statuses(status, force)
 
     def transform_for(selected_as):
-        return requeue_transform(statuses, priority) if selected_as in statuses else None
+        return requeue_transform(statuses, priority, fresh) if selected_as in statuses else None
 
-    return change_many(tree, transform_for, "requeue", filters, where, dry_run, **kw)
+    return change_many(tree, transform_for, "requeue", filters, where, dry_run, check=check_runnable_files, **kw)
+
+
+def check_runnable_files(jobdir):
+    """Refuse to make runnable a job whose files a worker would refuse (a damaged or
+    disagreeing config.yaml: the index reads only the state, so the job would show `ready`
+    for ever while every worker skips it). The worker's own check, runner.check_job."""
+    from .runner import check_job
+
+    try:
+        check_job(jobdir)
+    except (jd.CorruptJob, jd.JobNotFound) as exc:
+        raise jd.CorruptJob(getattr(exc, "path", jobdir), f"{getattr(exc, 'reason', exc)}; "
+                            f"workers would skip it, so it is not requeued") from None
 
 
 def cancel(tree, filters=None, where=None, dry_run=False, **kw):
@@ -180,25 +201,41 @@ def cancel(tree, filters=None, where=None, dry_run=False, **kw):
     return change_many(tree, transform_for, "cancel", filters, where, dry_run, **kw)
 
 
-def _print_changes(args, run, past):
+def _print_changes(args, run, past, note=None):
     def said(path, was):
         if args.dry_run:
-            print(f"would be {past}: {path} ({was})")
+            print(f"would be {past}: {path} ({was}){note(path) if note else ''}")
         elif not args.quiet:
-            print(f"{past}: {path} (was {was})")
+            print(f"{past}: {path} (was {was}){note(path) if note else ''}")
 
     report = run(on_change=said, progress=not args.quiet)
     for error in report["errors"]:
         print(f"Error: {error}", file=sys.stderr)
     what = "would change" if args.dry_run else past
     print(f"{what} {len(report['changed'])} of {report['selected']} selected jobs", file=sys.stderr)
-    return 2 if report["errors"] else 0
+    return ExitCode.USAGE if report["errors"] else ExitCode.OK
 
 
 def cmd_requeue(args):
     statuses = requeue_statuses(args.status, args.force)  # usage errors before any scan
+    fresh = getattr(args, "fresh", False)
     return _print_changes(args, lambda **kw: requeue(args.tree, args.filters, args.where, statuses, args.priority,
-                                                     args.force, args.dry_run, **kw), "requeued")
+                                                     args.force, args.dry_run, fresh, **kw), "requeued",
+                          _fresh_note if fresh else None)
+
+
+def _fresh_note(jobdir):
+    """What `requeue --fresh` says of a job: where its old workdir will stay."""
+    from .workdir import committed_name, kept_name
+
+    try:
+        old = committed_name(jobdir, jd.read_latest_state(jobdir)[1])
+    except (OSError, DbdictError):
+        old = None
+    if old is None:
+        return ": its next attempt starts in an empty workdir"
+    return (f": its next attempt starts in an empty workdir; the old one stays as "
+            f"{os.path.join(jobdir, kept_name(old))}")
 
 
 def cmd_cancel(args):
@@ -313,7 +350,9 @@ def show(jobdir):
 def cmd_show(args):
     data = show(args.jobdir)
     if args.format == "json":
-        print(json.dumps(data, indent=2))
+        from .output import json_safe
+
+        print(json.dumps(json_safe(data), indent=2, allow_nan=False))
         return 0
     state, history = data["state"], data["claims"]
     with open(os.path.join(args.jobdir, jd.CONFIG), encoding="utf-8", errors="replace") as f:
@@ -328,7 +367,7 @@ def cmd_show(args):
         print("  (never booked)")
     for h in history:
         extra = f" cluster job {h['cluster_job']}" if h.get("cluster_job") else ""
-        print(f"  claim.{h['epoch']}: {h['purpose']:8} {h['host']} pid {h['pid']} at {h['time']}{extra}")
+        print(f"  {jd.claim_name(h['epoch'])}: {h['purpose']:8} {h['host']} pid {h['pid']} at {h['time']}{extra}")
     return 0
 
 
@@ -336,7 +375,7 @@ def split_attempts(text):
     """Split a stdout/stderr file into attempts at their header lines."""
     attempts, current = [], None
     for line in text.splitlines(keepends=True):
-        if line.startswith("==== dbdict attempt "):
+        if line.startswith(jd.ATTEMPT_HEADER):
             current = [line]
             attempts.append(current)
         elif current is None:

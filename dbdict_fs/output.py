@@ -3,7 +3,8 @@
 csv, json and jsonl are for pipes: no colour, no progress, nothing but the rows on stdout.
 `table` is for people: rich on a terminal; elsewhere (a pipe, a file) a plain aligned
 table, one line per row, that never wraps and prints 5,000 rows in a few milliseconds.
-NaN prints as nan in a table and csv, and as the string "NaN" in json/jsonl (JSON has no NaN).
+NaN prints as nan in a table and csv, and as the string "NaN" in json/jsonl (JSON has no NaN),
+infinities as inf/-inf and "Infinity"/"-Infinity"; booleans as true/false everywhere.
 """
 
 import json
@@ -51,7 +52,7 @@ def print_rows(rows, columns=None, fmt="table", file=None):
 
         writer = csv.writer(file, lineterminator="\n")
         writer.writerow(columns)
-        writer.writerows([["" if row.get(c) is None else row.get(c) for c in columns] for row in rows])
+        writer.writerows([[_csv(row.get(c)) for c in columns] for row in rows])
     elif fmt == "table" and not _isatty(file):
         _print_plain(rows, columns, file)
     elif fmt == "table":
@@ -60,8 +61,31 @@ def print_rows(rows, columns=None, fmt="table", file=None):
         raise ValueError(f"unknown output format {fmt!r} (one of {', '.join(FORMATS)})")
 
 
+_NON_FINITE = {float("inf"): "Infinity", float("-inf"): "-Infinity"}
+
+
 def _json(value):
-    return "NaN" if isinstance(value, float) and value != value else value
+    """A value strict JSON parsers accept: NaN and infinities as strings (JSON has neither)."""
+    if type(value) is float and (value != value or value in _NON_FINITE):
+        return "NaN" if value != value else _NON_FINITE[value]
+    return value
+
+
+def json_safe(data):
+    """`data` (nested dicts and lists, as a state) with NaN and infinities as _json's strings."""
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [json_safe(v) for v in data]
+    return _json(data)
+
+
+def _csv(value):
+    if value is None:
+        return ""
+    if value is True or value is False:
+        return "true" if value else "false"
+    return value
 
 
 def _isatty(file):
@@ -89,6 +113,8 @@ def _print_plain(rows, columns, file):
 def _cell(value):
     if value is None:
         return ""
+    if value is True or value is False:
+        return "true" if value else "false"
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)

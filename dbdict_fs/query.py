@@ -43,7 +43,11 @@ def parse_filters(tokens):
 
     out = []
     for token in tokens or ():
-        key, text = split_assignment(token)
+        if token.startswith("`") and "`=" in token[1:]:  # `status`=x: the user's key `status`
+            key, _, text = token.partition("`=")
+            key += "`"
+        else:
+            key, text = split_assignment(token)
         out.append((key, parse_value(text)))
     return out
 
@@ -52,7 +56,8 @@ def add_filter_arguments(parser):
     """key=value filters (ANDed) and --where EXPR, as every command that selects jobs takes."""
     parser.add_argument("filters", nargs="*", metavar="key=value",
                         help="keep jobs whose key equals the value (typed like YAML: lr=0.01, "
-                             "model.arch=resnet; status=done means dbdict.status=done)")
+                             "model.arch=resnet; status=done means dbdict.status=done, "
+                             "even in a tree with a user key `status`: that one is `status`=VALUE)")
     parser.add_argument("--where", metavar="EXPR",
                         help="a boolean expression over columns: 'lr > 0.01 and model.arch == \"resnet\"' "
                              "(= != < <= > >=, and/or/not, in (...), like, is null)")
@@ -117,7 +122,7 @@ def resolve_column(index, name):
     """A --columns name: a column, or `status`/`path`/`error` for their dbdict. columns; any
     other bookkeeping key must be spelled dbdict.KEY (`epoch` is not silently dbdict.epoch)."""
     column = index.resolve(name)
-    if column.lower() != name.lower() and name.lower() not in ("status", "path", "error"):
+    if column.lower() != name.strip("`").lower() and name.lower() not in ("status", "path", "error"):
         raise UsageError(f"--columns: no column {name!r}; did you mean {column}?")
     return column
 
@@ -157,7 +162,7 @@ def run(args):
         else:
             columns = default_columns(index, rows if fmt == "table" else None)
     if not args.sql:
-        restore_nan(rows)
+        restore_types(rows)
     output.print_rows(rows, columns, fmt)
     if fmt == "table":
         corrupt = index.conn.execute('SELECT count(*) FROM jobs WHERE "dbdict.status" = ?', ("corrupt",)).fetchone()[0]
@@ -167,16 +172,26 @@ def run(args):
     return 0
 
 
-def restore_nan(rows):
-    """NaN is NULL in SQL (SQLite has no NaN); the index lists NaN keys in dbdict.nan so a
-    diverged run prints as nan, not as a missing result."""
-    from .index import NAN
+def restore_types(rows):
+    """Give back the types SQLite has not: NaN is NULL in SQL and a boolean 1/0. The index
+    lists each row's NaN keys in dbdict.nan (so a diverged run prints as nan, not as a
+    missing result) and its boolean keys in dbdict.bool (so they print as true/false)."""
+    from .index import BOOL, NAN
 
     for row in rows:
-        for key in (row.get(NAN) or "").split(","):
-            if key and row.get(key) is None:
-                row[key] = float("nan")
+        nan, bools = row.get(NAN), row.get(BOOL)
+        if nan:
+            for key in nan.split(","):
+                if key and row.get(key) is None:
+                    row[key] = float("nan")
+        if bools:
+            for key in bools.split(","):
+                if row.get(key) in (0, 1):
+                    row[key] = bool(row[key])
     return rows
+
+
+restore_nan = restore_types  # the older name
 
 
 def default_columns(index, rows=None):

@@ -11,7 +11,6 @@ import errno
 import fcntl
 import itertools
 import json
-import math
 import os
 import random
 import select
@@ -20,87 +19,38 @@ import stat
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from . import booking
 from . import jobdir as jd
-from . import workdir
+from . import options, seams, workdir
 from .discovery import Discovery, hint, mark_final
-from .errors import CorruptJob, Fenced, JobNotFound, NotRunnable, UsageError, WriteError
+from .errors import CorruptJob, ExitCode, Fenced, JobNotFound, NotRunnable, UsageError, WriteError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_NOT_RUNNABLE = 0, 1, 2, 3, 4
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+# SIGHUP (an ssh session closing, a tmux pane killed) stops like SIGTERM (DESIGN.md 5, rev 4).
+# It is not a hard signal: a closing terminal may deliver it twice (the kernel's hangup to the
+# foreground group, then the shell's to its jobs), which must not skip the checkpoint.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 HARD_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # a second one of these ends the attempt at once
-RESTART_PRIORITY = 2.0
 _LOST = object()  # _wait_child: the claim was lost while waiting
 _PR_SET_PDEATHSIG = 1
 
 
-def _env_float(name, default):
-    value = os.environ.get(name)
-    if value in (None, ""):
-        return default
-    try:
-        return float(value)
-    except ValueError:
-        raise UsageError(f"${name} must be a number of seconds, not {value!r}") from None
-
-
-@dataclass
 class Options:
-    """How attempts run; defaults follow DESIGN.md 7 (env DBDICT_LEASE, DBDICT_HEARTBEAT)."""
+    """How attempts run: every worker option of `options.WORKER_OPTIONS` as an attribute,
+    the given value, else the environment's, else its default, each checked once."""
 
-    lease: float = None
-    heartbeat: float = None
-    grace: float = 60.0
-    max_runtime: float = None
-    finish_up_after: float = None
-    save_every: float = None
-    max_attempts: int = 3
-    max_resumes: int = None
-    restart_priority: float = RESTART_PRIORITY
-    scratch: str = None
-    quiet: bool = False
-    preload: tuple = None  # work --preload: modules a zygote imports once (dbdict_fs.zygote)
-
-    def __post_init__(self):
-        if self.lease is None:
-            self.lease = _env_float("DBDICT_LEASE", booking.DEFAULT_LEASE)
-        if self.heartbeat is None:
-            self.heartbeat = _env_float("DBDICT_HEARTBEAT", booking.DEFAULT_HEARTBEAT)
-        if self.scratch is None:
-            self.scratch = os.environ.get("DBDICT_EXPERIMENT_TEMPDIR") or None
+    def __init__(self, **values):
+        self.__dict__.update(options.resolve(values))
         booking.check_timing(self.lease, self.heartbeat)
-        for name in ("grace", "max_runtime", "finish_up_after", "save_every"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not value >= 0 or value == float("inf")):
-                raise UsageError(f"--{name.replace('_', '-')} must be a number of seconds >= 0, not {value!r}")
-        if self.save_every is not None and not self.save_every > 0:
-            raise UsageError(f"--save-every must be a number of seconds > 0, not {self.save_every!r}")
-        for name in ("max_attempts", "max_resumes"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise UsageError(f"--{name.replace('_', '-')} must be a whole number >= 1, not {value!r}")
-        if (isinstance(self.restart_priority, bool) or not isinstance(self.restart_priority, (int, float))
-                or not math.isfinite(self.restart_priority)):
-            raise UsageError(f"restart priority must be a finite number, not {self.restart_priority!r}")
         if self.scratch is not None and not os.path.isdir(self.scratch):
             raise UsageError(f"--scratch {self.scratch}: no such directory")
-        if self.preload is not None:
-            from .zygote import parse_modules
 
-            self.preload = parse_modules(self.preload)
+    def __repr__(self):
+        return f"Options({', '.join(f'{k}={v!r}' for k, v in self.__dict__.items())})"
 
 
-def make_options(**kwargs):
-    known = {f.name for f in fields(Options)}
-    for key in kwargs:
-        if key not in known:
-            import difflib
-            close = difflib.get_close_matches(key, sorted(known), n=1)
-            raise UsageError(f"unknown option {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    return Options(**{k: v for k, v in kwargs.items()})
+make_options = Options
 
 
 @dataclass
@@ -117,7 +67,7 @@ class Outcome:
 # ---------------------------------------------------------------- signals
 
 class StopSignals:
-    """Turns SIGTERM/SIGINT/SIGUSR1/SIGUSR2 into a request to stop, readable by select()."""
+    """Turns SIGTERM/SIGINT/SIGHUP/SIGUSR1/SIGUSR2 into a request to stop, readable by select()."""
 
     def __init__(self):
         self.received = []
@@ -526,8 +476,7 @@ def _open_log(path):
 
 
 def _header(held, run, book):
-    return (f"==== dbdict attempt {run} (epoch {held.epoch}) host {book['host']} "
-            f"pid {book['pid']} started {book['start']} ====\n").encode()
+    return jd.attempt_header(run, held.epoch, book["host"], book["pid"], book["start"]).encode()
 
 
 def run_claimed(held, opts, signals):
@@ -541,19 +490,23 @@ def run_claimed(held, opts, signals):
     if attempts > opts.max_attempts:
         book.update(status="failed", attempts=attempts - 1,
                     error=f"lost its worker or was killed {attempts - 1} times (max_attempts {opts.max_attempts})")
-        return _commit(held, state, EXIT_FAILED, book["error"])
+        return _commit(held, state, ExitCode.FAILED, book["error"])
     paths = jd.JobPaths(held.jobdir)
     book.update(status="running", attempts=attempts, host=held.token["host"], pid=os.getpid(),
                 worker=held.token["worker"], cluster_job=held.token["cluster_job"],
                 start=booking.utc_iso(), end=None, duration=None, error=None,
                 runs=int(book.get("runs", 0) or 0) + 1)
-    resume = book["runs"] > 1
+    fresh = book.pop("fresh_workdir", None) is True  # requeue --fresh: start from scratch
+    resume = book["runs"] > 1 and not fresh
     scratch = None
     try:
         # The attempt's own directory (DESIGN.md 5.1), resolved once: the experiment's cwd
         # and any --scratch sync-back use it, never the `workdir` name.
         source = workdir.committed_name(held.jobdir, held.state, held.names)
-        cwd, wname, _ = workdir.prepare(held, workdir.clean_start(held), held.keep_alive, source)
+        if fresh:
+            cwd, wname, _ = workdir.prepare_fresh(held, source)
+        else:
+            cwd, wname, _ = workdir.prepare(held, workdir.clean_start(held), held.keep_alive, source)
         book["workdir"] = wname
         if opts.scratch:
             from .scratch import Scratch
@@ -585,7 +538,7 @@ def run_claimed(held, opts, signals):
         except (Fenced, WriteError):
             child.close()
             raise
-        if os.environ.get("DBDICT_TEST_STOP_AFTER_START"):
+        if seams.STOP_AFTER_START:
             os.kill(os.getpid(), signal.SIGSTOP)  # test seam: counts "booking -> first state write"
         workdir.commit(held.jobdir, wname, source)
         jd.remove_older_states(held.jobdir, held.epoch)
@@ -729,7 +682,7 @@ class _Attempt:
     def _lost(self):
         reason = self.held.fenced()
         self.child.kill()
-        return Outcome(self.held.jobdir, "lost", EXIT_NOT_RUNNABLE,
+        return Outcome(self.held.jobdir, "lost", ExitCode.NOT_RUNNABLE,
                        f"{self.held.jobdir}: stopped, this worker no longer holds the job: {reason}",
                        self.held.epoch)
 
@@ -787,28 +740,28 @@ class _Attempt:
         book.pop("shepherd", None)
         if msg.get("op") == "result" and msg.get("returned") == "complete":
             book.update(status="done", returned="complete")
-            return _commit(self.held, state, EXIT_OK, f"{self.held.jobdir}: done")
+            return _commit(self.held, state, ExitCode.OK, f"{self.held.jobdir}: done")
         if msg.get("op") == "result":
             resumes = int(book.get("resumes", 0) or 0) + 1
             book.update(returned="incomplete", resumes=resumes)
             if self.opts.max_resumes is not None and resumes > self.opts.max_resumes:
                 book.update(status="failed", error=f"returned INCOMPLETE {resumes} times "
                                                    f"(max_resumes {self.opts.max_resumes})")
-                return _commit(self.held, state, EXIT_FAILED, f"{self.held.jobdir}: failed: {book['error']}")
+                return _commit(self.held, state, ExitCode.FAILED, f"{self.held.jobdir}: failed: {book['error']}")
             book.update(status="ready", priority=float(self.opts.restart_priority), requeue_epoch=self.held.epoch)
-            return _commit(self.held, state, EXIT_INCOMPLETE, f"{self.held.jobdir}: incomplete, requeued")
+            return _commit(self.held, state, ExitCode.INCOMPLETE, f"{self.held.jobdir}: incomplete, requeued")
         if msg.get("op") == "error":
             book.update(status="failed", error=msg.get("error") or "the experiment raised")
-            return _commit(self.held, state, EXIT_FAILED, f"{self.held.jobdir}: failed: {book['error']}")
+            return _commit(self.held, state, ExitCode.FAILED, f"{self.held.jobdir}: failed: {book['error']}")
         # No result: the child was killed (by us or by something else) or exited early.
         reason = self.kill_reason or _death(code)
         book.update(error=reason, returned=None)
         if book["attempts"] >= self.opts.max_attempts:
             book.update(status="failed", error=f"{reason} (attempt {book['attempts']} of max_attempts "
                                                f"{self.opts.max_attempts})")
-            return _commit(self.held, state, EXIT_FAILED, f"{self.held.jobdir}: failed: {book['error']}")
+            return _commit(self.held, state, ExitCode.FAILED, f"{self.held.jobdir}: failed: {book['error']}")
         book.update(status="ready")
-        return _commit(self.held, state, EXIT_INCOMPLETE, f"{self.held.jobdir}: {reason}; requeued")
+        return _commit(self.held, state, ExitCode.INCOMPLETE, f"{self.held.jobdir}: {reason}; requeued")
 
 
 def _start_failed(held, exc):
@@ -821,7 +774,7 @@ def _start_failed(held, exc):
         raise WriteError(f"{held.jobdir}: {reason}") from exc
     state = copy.deepcopy(held.state)
     state["dbdict"].update(status="failed", error=reason)
-    return _commit(held, state, EXIT_FAILED, f"{held.jobdir}: failed: {reason}")
+    return _commit(held, state, ExitCode.FAILED, f"{held.jobdir}: failed: {reason}")
 
 
 def _death(code):
@@ -843,19 +796,19 @@ def _commit(held, state, exit_code, message):
         except CorruptJob as exc:
             # The experiment's results cannot be stored (too large): keep the state the
             # attempt started from, so the job stays readable, and say why it failed.
-            status, exit_code = "failed", EXIT_FAILED
+            status, exit_code = "failed", ExitCode.FAILED
             message = f"{held.jobdir}: failed: the experiment's state cannot be stored: {exc.reason}"
             book = dict(state["dbdict"], status=status, error=message.split(": failed: ", 1)[1])
             state = dict(copy.deepcopy(held.state), dbdict=book)
             held.write_state(state)
     except Fenced as exc:
-        return Outcome(held.jobdir, "lost", EXIT_NOT_RUNNABLE, str(exc), held.epoch)
+        return Outcome(held.jobdir, "lost", ExitCode.NOT_RUNNABLE, str(exc), held.epoch)
     except WriteError as exc:
-        return Outcome(held.jobdir, "error", EXIT_USAGE,
+        return Outcome(held.jobdir, "error", ExitCode.USAGE,
                        f"{exc}; the job was not marked {status} and will be retried after its lease",
                        held.epoch)
     if held.overtaken:  # a newer claim was made before our rename landed: never say `done`
-        return Outcome(held.jobdir, "lost", EXIT_NOT_RUNNABLE,
+        return Outcome(held.jobdir, "lost", ExitCode.NOT_RUNNABLE,
                        f"{held.jobdir}: lost: {held.overtaken}", held.epoch)
     jd.remove_older_states(held.jobdir, held.epoch)
     if status in booking.FINAL:  # discovery skips it from now on (DESIGN.md 4.1)
@@ -912,7 +865,7 @@ def work(tree, *, max_jobs=None, wait=False, poll=None, select_rows=None, on_out
         loop.signals = signals
         backoff = poll / 4
         full = True  # the next pass walks the whole tree (else: held jobs and one directory)
-        limit, passes = int(os.environ.get("DBDICT_TEST_MAX_PASSES") or 0), 0  # test seam: counted passes
+        limit, passes = seams.MAX_PASSES, 0  # test seam: counted passes
         while not loop.done() and not (limit and passes >= limit):
             passes += 1
             loop.observer.ask_scheduler()  # scheduler-gone fast path: one squeue call per pass
@@ -1029,7 +982,7 @@ class _WorkLoop:
         except NotRunnable:
             return None
         except Fenced as exc:
-            return Outcome(path, "lost", EXIT_NOT_RUNNABLE, str(exc), held.epoch)
+            return Outcome(path, "lost", ExitCode.NOT_RUNNABLE, str(exc), held.epoch)
         except WriteError as exc:
             # A full disk or a read-only tree fails every job alike: stop, loudly.
             raise WriteError(f"{exc}; worker stopped") from exc

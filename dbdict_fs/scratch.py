@@ -10,6 +10,7 @@ import shutil
 import tempfile
 
 from .errors import Fenced
+from . import jobdir as jd
 from .jobdir import replacing
 
 
@@ -40,7 +41,7 @@ class Scratch:
         self.path = tempfile.mkdtemp(prefix="dbdict-scratch-", dir=base)
         self._synced = {}
         for rel in _files(workdir):
-            if os.path.basename(rel).startswith(".tmp."):
+            if os.path.basename(rel).startswith(jd.TMP_PREFIX):
                 continue
             self._alive()
             dst = os.path.join(self.path, rel)

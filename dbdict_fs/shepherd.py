@@ -38,6 +38,7 @@ import signal
 import sys
 import time
 
+from . import seams
 from .booking import proc_stat_fields
 
 _PR_SET_PDEATHSIG = 1
@@ -91,20 +92,15 @@ def attempt_processes(root, pgid):
 
 
 def test_stop(step):
-    """Test seam: DBDICT_TEST_STOP_AT=<step>:<marker>[,...] makes the process that reaches
-    <step> of an attempt's start write <marker> (its pid) and SIGSTOP itself, once per marker:
+    """Test seam (seams.STOP_AT, DBDICT_TEST_STOP_AT=<step>:<marker>[,...]): the process that
+    reaches <step> of an attempt's start writes <marker> (its pid) and SIGSTOPs, once per marker:
     `zygote-request` (the zygote got a request, before it forks), `shepherd-forked` (a forked
     shepherd, before it starts the experiment), `experiment-started` (the shepherd, after it
     started the experiment, before it reports its pid), `experiment-forked` (an experiment
     forked from a zygote, before it runs anything). A start killed exactly there."""
-    for spec in os.environ.get("DBDICT_TEST_STOP_AT", "").split(","):
-        parts = spec.split(":", 1)
-        if len(parts) != 2 or parts[0] != step or os.path.exists(parts[1]):
-            continue
-        with open(parts[1] + ".tmp", "w") as f:
-            f.write(str(os.getpid()))
-        os.rename(parts[1] + ".tmp", parts[1])
-        os.kill(os.getpid(), signal.SIGSTOP)
+    for where, marker in seams.STOP_AT:
+        if where == step:
+            seams.stop_here(marker)
 
 
 def thread_count():

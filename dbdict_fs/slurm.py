@@ -17,8 +17,7 @@ jobs remain, puts itself back in the SLURM queue: `scontrol requeue ARRAYJOB_TAS
 script is submitted with --requeue), or when that is refused a fresh `sbatch` of the same
 script for that one task. `python -m dbdict_fs.slurm ready PATH` is the script's check.
 
-`job_gone(cluster_job)` asks squeue whether the SLURM job that holds a claim (the token's
-`cluster_job`) still runs, so status can report its job stale without waiting for the lease.
+What squeue says of running jobs is `scheduler`'s; this module only writes and submits scripts.
 """
 
 import argparse
@@ -30,16 +29,14 @@ import time as _time
 # secrets, shlex, shutil and subprocess are imported where used: cli.py builds the `submit`
 # parser for every command, and they cost ~20 ms of start-up.
 
-from .argtypes import nonneg_int, positive_int, positive_seconds
+from . import jobdir as jd
+from . import options
+from .argtypes import nonneg_int, positive_int
 from .errors import DbdictError, UsageError
+from .scheduler import jobs_gone, tasks_running
 
 DEFAULT_SIGNAL_GRACE = 180  # s before the time limit; SLURM may send it up to ~60 s late
 DEFAULT_MAX_RESUBMITS = 100  # per array task: a job that never progresses cannot loop forever
-SLURM_DIR = os.path.join(".dbdict", "slurm")
-# squeue states in which the processes of a job may still be alive. Anything else (PENDING
-# after a requeue, a final state, or not listed at all) means the run that booked is over.
-ALIVE_STATES = frozenset({"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STOPPED", "SIGNALING",
-                          "STAGE_OUT", "RESIZING", "POWER_UP_NODE"})
 
 
 class SubmitError(DbdictError):
@@ -122,15 +119,16 @@ class Plan:
 def ready_jobs(path):
     """Job directories under `path` (a tree or one job) that a worker could book now.
 
-    Ready means: the latest state says ready and no claim is newer than it (not booked).
+    Ready as booking defines it (`booking.plain_ready`): the latest state says ready and no
+    claim is newer than it (not booked).
     """
-    from . import jobdir as jd
+    from .booking import plain_ready
 
     out = []
     for job in jd.iter_jobdirs(path):
         try:
             listing, state = jd.read_latest_state(job)
-            if state["dbdict"]["status"] == "ready" and listing.claim_epoch <= listing.state_epoch:
+            if plain_ready(listing, state):
                 out.append(job)
         except (DbdictError, OSError, KeyError, TypeError):
             continue
@@ -139,16 +137,9 @@ def ready_jobs(path):
 
 def prepare(tree, workers=None, *, time=None, partition=None, cpus_per_task=None, mem=None, gres=None,
             signal_grace=DEFAULT_SIGNAL_GRACE, resubmit=True, max_resubmits=DEFAULT_MAX_RESUBMITS,
-            per_job=False, job_name=None, grace=None, lease=None, heartbeat=None, max_attempts=None,
-            wait=False, sbatch_args=(), python=None, save_every=None, max_runtime=None,
-            finish_up_after=None, scratch=None, max_resumes=None, preload=None):
-    """Check the options and build the Plan (nothing is written: see `submit`)."""
-    if preload is not None:
-        from .zygote import parse_modules
-
-        preload = parse_modules(preload)
-        if per_job:
-            raise UsageError("--preload is for workers (`dbdict work`): each --per-job task runs one job")
+            per_job=False, job_name=None, wait=False, sbatch_args=(), python=None, **worker_options):
+    """Check the options and build the Plan (nothing is written: see `submit`).
+    `worker_options`: any of options.WORKER_OPTIONS, passed to each worker."""
     tree = os.path.abspath(os.fspath(tree))
     if not os.path.isdir(tree):
         raise UsageError(f"{tree}: no such directory")
@@ -163,15 +154,19 @@ def prepare(tree, workers=None, *, time=None, partition=None, cpus_per_task=None
         if limit is not None and signal_grace >= limit:
             raise UsageError(f"--signal-grace {signal_grace} is not shorter than --time {time} ({limit} s): "
                              f"the warning would come before the job starts")
-    if grace is None:
-        grace = max(1, min(60, signal_grace // 3))  # time to checkpoint after 'stop', within the warning
+    unknown = sorted(set(worker_options) - {o.name for o in options.WORKER_OPTIONS if o.submit})
+    if unknown:
+        raise UsageError(f"submit: unknown worker option {unknown[0]!r}")
+    if worker_options.get("grace") is None:
+        # time to checkpoint after 'stop', within the warning
+        worker_options["grace"] = float(max(1, min(60, signal_grace // 3)))
     if max_resubmits is not None and (isinstance(max_resubmits, bool) or not isinstance(max_resubmits, int)
                                       or max_resubmits < 0):
         raise UsageError(f"--max-resubmits must be a whole number >= 0, not {max_resubmits!r}")
     python = os.path.abspath(python or sys.executable)
     import secrets
 
-    slurm_dir = os.path.join(tree, SLURM_DIR)
+    slurm_dir = os.path.join(tree, jd.SLURM_DIR)
     base = f"{'run' if per_job else 'work'}-{_stamp()}-{secrets.token_hex(2)}"
     script_path = os.path.join(slurm_dir, base + ".sh")
     logs = os.path.join(slurm_dir, "logs")
@@ -207,20 +202,12 @@ def prepare(tree, workers=None, *, time=None, partition=None, cpus_per_task=None
     if sbatch_args:
         lines.append("#SBATCH " + " ".join(_sbatch_value(a, "sbatch argument") for a in sbatch_args))
 
-    options = ["--grace", f"{grace:g}"]
-    for opt, value in (("--lease", lease), ("--heartbeat", heartbeat), ("--max-attempts", max_attempts),
-                       ("--save-every", save_every), ("--max-runtime", max_runtime),
-                       ("--finish-up-after", finish_up_after), ("--max-resumes", max_resumes),
-                       ("--scratch", scratch)):
-        if value is not None:
-            options += [opt, f"{value:g}" if isinstance(value, float) else str(value)]
+    words = options.command_line(worker_options)
     if per_job:
-        command = ["run", '"$JOB"'] + [_q(o) for o in options]
+        command = ["run", '"$JOB"'] + [_q(o) for o in words]
         what = f"one task per runnable job ({len(joblist)} jobs" + (f", at most {workers} at once)" if workers else ")")
     else:
-        if preload:
-            options += ["--preload", ",".join(preload)]
-        command = ["work", '"$TREE"'] + [_q(o) for o in options] + (["--wait"] if wait else [])
+        command = ["work", '"$TREE"'] + [_q(o) for o in words] + (["--wait"] if wait else [])
         what = f"{workers} worker{'s' if workers > 1 else ''}"
     script = _SCRIPT.format(
         what=what, tree_comment=tree.replace("\n", " "), when=_time.strftime("%Y-%m-%d %H:%M:%S UTC", _time.gmtime()),
@@ -376,7 +363,7 @@ def _parse_job_id(out):
 
 
 def _write(path, text, mode=0o644):
-    tmp = os.path.join(os.path.dirname(path), f".tmp.{os.path.basename(path)}.{os.getpid()}")
+    tmp = os.path.join(os.path.dirname(path), f"{jd.TMP_PREFIX}{os.path.basename(path)}.{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     os.chmod(tmp, mode)
@@ -455,7 +442,7 @@ def submission_health(tree, squeue="squeue", timeout=15):
     import glob
 
     records = []
-    for path in sorted(glob.glob(os.path.join(glob.escape(os.path.join(tree, SLURM_DIR)), "*.jobid"))):
+    for path in sorted(glob.glob(os.path.join(glob.escape(os.path.join(tree, jd.SLURM_DIR)), "*.jobid"))):
         try:
             with open(path, encoding="utf-8") as f:
                 job = f.read().strip()
@@ -483,103 +470,15 @@ def submission_health(tree, squeue="squeue", timeout=15):
     return records
 
 
-def _squeue(ids, squeue, timeout):
-    """One `squeue -h -j IDS -o "%i %T"` call: its CompletedProcess, or None when squeue is
-    missing or did not answer in time."""
-    import shutil
-    import subprocess
-
-    if shutil.which(squeue) is None:
-        return None
-    try:
-        return subprocess.run([squeue, "-h", "-j", ",".join(ids), "-o", "%i %T"], capture_output=True,
-                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-
-
-def tasks_running(jobs, squeue="squeue", timeout=15):
-    """{job id: number of its tasks in a live state} in one squeue call, or None."""
-    proc = _squeue(jobs, squeue, timeout)
-    if proc is None:
-        return None
-    if proc.returncode != 0 and "invalid job id" not in proc.stderr.lower():
-        return None
-    out = {j: 0 for j in jobs}
-    for line in proc.stdout.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[1].upper() in ALIVE_STATES:
-            job = parts[0].split("_", 1)[0]
-            if job in out:
-                out[job] += 1
-    return out
-
-
 def submit(tree, workers=None, *, sbatch="sbatch", **options):
     """Submit workers (or, with per_job=True, one task per ready job) for `tree` to SLURM.
 
     Options: time, partition, cpus_per_task, mem, gres, signal_grace (s, default 180),
-    resubmit (default True), max_resubmits, per_job, job_name, grace, lease, heartbeat,
-    max_attempts, wait, sbatch_args (a list of extra sbatch arguments), python, preload.
+    resubmit (default True), max_resubmits, per_job, job_name, wait, sbatch_args (a list of
+    extra sbatch arguments), python, and the worker options (options.WORKER_OPTIONS).
     Returns the SLURM job id (a string). The script is at `prepare(...).script_path`.
     """
     return submit_plan(prepare(tree, workers, **options), sbatch=sbatch)
-
-
-# ---------------------------------------------------------------- is a SLURM job gone?
-
-def jobs_gone(cluster_jobs, squeue="squeue", timeout=15):
-    """{cluster_job: True (gone) | False (may still run) | None (cannot tell)} in one squeue call.
-
-    Gone means squeue does not list it in a state where its processes may live: finished,
-    purged, unknown, or PENDING again (requeued: the run that booked the job is over).
-    """
-    ids = sorted({str(j) for j in cluster_jobs if j})
-    result = {j: None for j in ids}
-    proc = _squeue(ids, squeue, timeout) if ids else None
-    if proc is None:
-        return result
-    if proc.returncode != 0:
-        if "invalid job id" in proc.stderr.lower():
-            if len(ids) == 1:
-                return {ids[0]: True}
-            return {j: job_gone(j, squeue, timeout) for j in ids}
-        return result  # controller down, bad config, ...: do not guess
-    states = {}
-    for line in proc.stdout.splitlines():
-        parts = line.split()
-        if len(parts) >= 2:
-            states.setdefault(parts[0], set()).add(parts[1].upper())
-    return {j: not (states.get(j, set()) & ALIVE_STATES) for j in ids}
-
-
-def job_gone(cluster_job, squeue="squeue", timeout=15):
-    """True when the SLURM job `cluster_job` ("123" or "123_4") no longer runs; False when it
-    may; None when squeue is missing or does not answer."""
-    if not cluster_job:
-        return None
-    return jobs_gone([cluster_job], squeue, timeout)[str(cluster_job)]
-
-
-def gone_jobdirs(jobdirs, squeue="squeue", timeout=15):
-    """The job directories among `jobdirs` whose top claim was made inside a SLURM job that is
-    gone (one squeue call for all). For `dbdict status` and `requeue`: such a running job may
-    be shown, and requeued, as stale without waiting for its lease. Claims made outside SLURM,
-    and everything when squeue cannot tell, are left out.
-    """
-    from . import jobdir as jd
-
-    holders = {}
-    for path in jobdirs:
-        try:
-            top = jd.list_job(path).claim_epoch
-            token = jd.read_claim(path, top) if top else {}
-        except (DbdictError, OSError, ValueError):
-            continue
-        if isinstance(token, dict) and token.get("cluster_job"):
-            holders[path] = str(token["cluster_job"])
-    gone = jobs_gone(holders.values(), squeue, timeout) if holders else {}
-    return {path for path, job in holders.items() if gone.get(job)}
 
 
 # ---------------------------------------------------------------- command line
@@ -626,27 +525,11 @@ def add_arguments(p):
                    help="one array task per runnable job (`dbdict run JOBDIR`) instead of N workers")
     p.add_argument("--dry-run", action="store_true", help="print the script; write and submit nothing")
     g = p.add_argument_group("worker options (passed to `dbdict work`/`dbdict run` in each task)")
-    g.add_argument("--grace", type=positive_seconds, metavar="S",
-                   help="after 'stop', seconds before the experiment is killed "
-                        "(default: a third of --signal-grace, at most 60)")
-    g.add_argument("--lease", type=positive_seconds, metavar="S", help="each worker's claim lease (dbdict work --lease)")
-    g.add_argument("--heartbeat", type=positive_seconds, metavar="S",
-                   help="each worker's heartbeat interval (dbdict work --heartbeat)")
-    g.add_argument("--max-attempts", type=positive_int, metavar="N",
-                   help="lost attempts before a job fails (dbdict work --max-attempts)")
-    g.add_argument("--max-resumes", type=positive_int, metavar="N",
-                   help="INCOMPLETE returns before a job fails (dbdict work --max-resumes)")
-    g.add_argument("--save-every", type=positive_seconds, metavar="S",
-                   help="channel() answers 'save' every S seconds (dbdict work --save-every)")
-    g.add_argument("--max-runtime", type=positive_seconds, metavar="S",
-                   help="kill an attempt after S seconds (dbdict work --max-runtime)")
-    g.add_argument("--finish-up-after", type=positive_seconds, metavar="S",
-                   help="after S seconds channel() answers 'finish-up' (dbdict work --finish-up-after)")
-    g.add_argument("--scratch", metavar="DIR",
-                   help="run in a node-local copy of workdir under DIR, on each node (dbdict work --scratch)")
+    options.add_arguments(g, submit=True, defaults={
+        "grace": "after 'stop', seconds before the experiment is killed "
+                 "(default: a third of --signal-grace, at most 60)",
+        "scratch": "run in a node-local copy of workdir under DIR, on each node (checked there)"})
     g.add_argument("--wait", action="store_true", help="workers keep polling while jobs run elsewhere")
-    g.add_argument("--preload", metavar="MOD[,MOD...]",
-                   help="each worker imports these once and forks each experiment (dbdict work --preload)")
     p.set_defaults(sbatch_args=[])
     _split_at_double_dash(p)
 
@@ -673,10 +556,7 @@ def _options(args):
     return dict(time=args.time, partition=args.partition, cpus_per_task=args.cpus_per_task, mem=args.mem,
                 gres=args.gres, signal_grace=args.signal_grace, resubmit=args.resubmit,
                 max_resubmits=args.max_resubmits, per_job=args.per_job, job_name=args.job_name,
-                grace=args.grace, lease=args.lease, heartbeat=args.heartbeat, max_attempts=args.max_attempts,
-                wait=args.wait, sbatch_args=args.sbatch_args, save_every=args.save_every,
-                max_runtime=args.max_runtime, finish_up_after=args.finish_up_after, scratch=args.scratch,
-                max_resumes=args.max_resumes, preload=args.preload)
+                wait=args.wait, sbatch_args=args.sbatch_args, **options.given(args))
 
 
 def run(args):

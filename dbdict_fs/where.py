@@ -8,6 +8,8 @@
              | ["not"] "in" "(" literal ("," literal)* ")" | ["not"] "like" operand
              | "is" ["not"] "null"
     operand := column | literal      column := a.dotted.name | `any name`
+    (`status` and `path` are the job's own fields; `` `status` `` in backquotes is a user's key
+    of that name: the backquotes reach `resolve`, which decides.)
     literal := "string" | 'string' | number | -number | true | false | null
 
 Values only ever reach SQLite as bound parameters, and column names only as quoted
@@ -39,12 +41,14 @@ def quote(name):
     return '"' + name.replace('"', '""') + '"'
 
 
-def compile_where(expr, resolve):
+def compile_where(expr, resolve, column_sql=quote):
     """-> (sql, params). `resolve(name)` maps a user's column name to an existing column
-    (raising UsageError for unknown ones)."""
+    (raising UsageError for unknown ones), `column_sql(column)` that column to SQL (its
+    quoted name, or the index's expression for a key kept beside the table)."""
     if not isinstance(expr, str) or not expr.strip():
         raise UsageError("--where: an empty expression")
     parser = _Parser(expr, resolve)
+    parser.column_sql = column_sql
     sql = parser.parse_or()
     if parser.peek() is not None:
         parser.fail(f"unexpected {parser.describe()}")
@@ -62,7 +66,7 @@ def _tokenize(expr):
         if kind == "name" and text.lower() in _KEYWORDS:
             kind, text = "keyword", text.lower()
         elif kind == "quoted":
-            kind, text = "name", text[1:-1]
+            kind = "name"  # backquotes kept: resolve() takes the name literally
         if kind != "space":
             tokens.append((kind, text, pos))
         pos = m.end()
@@ -87,6 +91,7 @@ class _Parser:
         self.pos = 0
         self.depth = 0
         self.params = []
+        self.column_sql = quote
 
     # -- tokens
     def peek(self, offset=0):
@@ -203,7 +208,7 @@ class _Parser:
             self.fail("expected a column or a value")
         if tok[0] == "name":
             self.take()
-            return quote(self.resolve(tok[1]))
+            return self.column_sql(self.resolve(tok[1]))
         return self.literal()
 
     def literal(self):

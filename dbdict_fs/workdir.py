@@ -156,6 +156,32 @@ def prepare(held, clean, keep_alive=None, source=_UNKNOWN):
     return path, name, True
 
 
+def kept_name(name):
+    """The name a directory set aside by `requeue --fresh` keeps: no cleanup removes it."""
+    return f"{name}.kept"
+
+
+def prepare_fresh(held, source):
+    """`requeue --fresh` (DESIGN.md 7, rev 4): an empty `workdir.<E>` for claim `held`, the
+    committed directory `source` set aside beside it as kept_name(source) (never deleted;
+    a rename, so a fenced holder still in it writes only there). Returns (path, name, True)."""
+    jobdir = held.jobdir
+    name = jd.workdir_name(held.epoch)
+    path = os.path.join(jobdir, name)
+    if os.path.lexists(path):  # only claim E builds workdir.<E>: a leftover of no one
+        shutil.rmtree(path, ignore_errors=True)
+    os.mkdir(path)
+    if source is not None and source != name:
+        kept = kept_name(source)
+        if os.path.lexists(os.path.join(jobdir, kept)):
+            kept = f"{kept}.{held.epoch}"
+        try:
+            os.rename(os.path.join(jobdir, source), os.path.join(jobdir, kept))
+        except FileNotFoundError:
+            pass
+    return path, name, True
+
+
 def commit(jobdir, name, source=None):
     """After the `running` state naming `name` was written: point `workdir` at the directory
     the latest state names (a stale holder's late call thus converges on the newest), then

@@ -123,27 +123,15 @@ def main(argv=None):
 
 # ---------------------------------------------------------------- the worker's side
 
-def parse_modules(text):
-    """`--preload numpy,torch` -> ("numpy", "torch"); UsageError naming a bad name."""
-    from .errors import UsageError
-
-    if text is None:
-        return None
-    names = tuple(n.strip() for n in (text.split(",") if isinstance(text, str) else text))
-    for name in names:
-        if not name or not all(part.isidentifier() for part in name.split(".")):
-            raise UsageError(f"--preload {text!r}: expected module names separated by commas")
-    return names or None
-
-
 _ZYGOTES = {}  # (worker pid, modules) -> Zygote: one per worker process
 
 
 def for_worker(modules, env, warn):
-    """This worker's zygote for `modules` (started on first use)."""
-    key = (os.getpid(), tuple(modules))
+    """This worker's zygote for `modules` ("numpy,torch", checked by options.MODULES; started
+    on first use)."""
+    key = (os.getpid(), tuple(modules.split(",")))
     if key not in _ZYGOTES:
-        _ZYGOTES[key] = Zygote(modules, env, warn)
+        _ZYGOTES[key] = Zygote(key[1], env, warn)
     return _ZYGOTES[key]
 
 

@@ -5,17 +5,17 @@ import shlex
 
 from conftest import experiment, run_cli
 
-from dbdict_fs.cli import RUN_OPTIONS
+from dbdict_fs.options import WORKER_OPTIONS as DECLARED
 
 WORKER_OPTIONS = {"--save-every": "30", "--max-runtime": "3600", "--finish-up-after": "3000",
                   "--scratch": "/tmp/node scratch", "--max-resumes": "5", "--grace": "20",
-                  "--lease": "300", "--heartbeat": "20", "--max-attempts": "4"}
+                  "--lease": "300", "--heartbeat": "20", "--max-attempts": "4", "--preload": "numpy,torch"}
 
 
 def test_every_worker_option_reaches_the_worker_command(tree):
     # every attempt option of `dbdict work` except the two that make no sense in a batch task
-    assert {"--" + o.replace("_", "-") for o in RUN_OPTIONS} - {"--restart-priority", "--quiet"} \
-        == set(WORKER_OPTIONS)
+    assert {o.flag for o in DECLARED} - {"--restart-priority", "--quiet"} == set(WORKER_OPTIONS)
+    assert {o.flag for o in DECLARED if o.submit} == set(WORKER_OPTIONS)
     assert run_cli("create", tree, "-e", experiment("double"), "x=1").returncode == 0
     args = [a for kv in WORKER_OPTIONS.items() for a in kv]
     proc = run_cli("submit", tree, "--slurm", "--workers", "2", "--dry-run", *args)

@@ -7,6 +7,7 @@ sbatch-missing tests need no cluster.
 """
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -17,7 +18,7 @@ import time
 import pytest
 
 from dbdict_fs import create_jobs
-from dbdict_fs import slurm
+from dbdict_fs import booking, scheduler, slurm
 
 from conftest import experiment, read_state, run_cli
 
@@ -298,8 +299,8 @@ def test_time_limits_parse_like_sbatch():
 
 
 def test_job_gone_without_squeue_is_unknown():
-    assert slurm.job_gone("123_4", squeue="/nonexistent/squeue") is None
-    assert slurm.job_gone(None) is None
+    assert scheduler.job_gone("123_4", squeue="/nonexistent/squeue") is None
+    assert scheduler.job_gone(None) is None
 
 
 # ---------------------------------------------------------------- on the cluster
@@ -354,17 +355,17 @@ def test_status_shows_slurm_ids_and_job_gone_follows_squeue(slurm_cluster, tree)
     task = f"{job_id}_0"
     wait_for(lambda: squeue_states(job_id).get(task) == "RUNNING" and job_status(job) == "running"
              and os.path.exists(os.path.join(job, "workdir", "child.pid")), 60, what="the experiment to start")
-    assert slurm.job_gone(task) is False
-    assert slurm.jobs_gone([task, "999999"]) == {task: False, "999999": True}
-    assert slurm.gone_jobdirs([job]) == set()
+    assert scheduler.job_gone(task) is False
+    assert scheduler.jobs_gone([task, "999999"]) == {task: False, "999999": True}
+    assert booking.scheduler_gone([task]) == set()
     status = run_cli("status", tree, "--format", "json")
     # scancel (TERM to the whole job: the user's "stop"): the job is requeued in the tree and
     # the task does not resubmit itself.
     subprocess.run(["scancel", job_id], check=True, timeout=60)
     wait_gone(job_id, 60)
-    assert slurm.job_gone(task) is True
-    assert slurm.job_gone("999999") is True
-    assert slurm.gone_jobdirs([job]) == {job}  # its top claim is still the dead task's
+    assert scheduler.job_gone(task) is True
+    assert scheduler.job_gone("999999") is True
+    assert booking.scheduler_gone([task]) == {task}  # its top claim is still the dead task's
     assert wait_for(lambda: job_status(job) == "ready", 10, what="the job to be ready"), all_logs(tree)
     text = logs(tree)[f"{task}.out"]
     assert "got SIGTERM" in text and "left: resubmitting" not in text and f"requeued {task}" not in text, text
@@ -376,7 +377,7 @@ def test_status_shows_slurm_ids_and_job_gone_follows_squeue(slurm_cluster, tree)
 
 
 @pytest.mark.slurm
-def test_a_killed_task_leaves_its_job_running_until_gone_jobdirs_sees_it(slurm_cluster, tree):
+def test_a_killed_task_leaves_its_job_running_until_status_sees_its_task_gone(slurm_cluster, tree):
     """kill -9 of the batch shell and the worker (a node crash): the tree still says running,
     with a fresh heartbeat; squeue says the task is over, so status may call it stale."""
     import signal
@@ -393,7 +394,9 @@ def test_a_killed_task_leaves_its_job_running_until_gone_jobdirs_sees_it(slurm_c
     os.kill(worker, signal.SIGKILL)
     wait_gone(job_id, 60)
     assert job_status(job) == "running"  # nobody wrote: the lease (600 s) has not run out
-    assert slurm.gone_jobdirs([job]) == {job}
+    status = run_cli("status", tree, "--format", "json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["counts"].get("stale") == 1, status.stdout  # booking: task gone
 
 
 @pytest.mark.slurm

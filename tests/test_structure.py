@@ -1,0 +1,87 @@
+"""The package's shape: one owner per decision, modules that do one job (issue 19).
+
+Read from the source with `ast`, so a new import or a second spelling of a name fails here
+before it becomes the next defect."""
+
+import ast
+import os
+import re
+
+import pytest
+
+import dbdict_fs
+from dbdict_fs import options
+
+PACKAGE = os.path.dirname(dbdict_fs.__file__)
+
+
+def imports_of(module):
+    """The package modules `module` imports, at any level of its code."""
+    with open(os.path.join(PACKAGE, module + ".py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            out.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dbdict_fs."):
+            out.add(node.module.split(".")[1])
+    return out
+
+
+def source(module):
+    with open(os.path.join(PACKAGE, module + ".py"), encoding="utf-8") as f:
+        return f.read()
+
+
+def strings(module):
+    """The string literals of `module`'s code (f-string parts included), docstrings left out."""
+    tree = ast.parse(source(module))
+    docs = {id(n.body[0].value) for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+            and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    return [n.value for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs]
+
+
+def modules():
+    return sorted(f[:-3] for f in os.listdir(PACKAGE) if f.endswith(".py"))
+
+
+@pytest.mark.parametrize("module", ["booking", "index", "discovery", "runner", "workdir", "jobdir"])
+def test_the_protocol_does_not_import_the_submit_code(module):
+    assert "slurm" not in imports_of(module), f"{module} imports slurm: ask `scheduler` instead"
+
+
+def test_only_errors_defines_exit_codes():
+    for module in modules():
+        text = source(module)
+        assert not re.search(r"^EXIT_[A-Z_]+\s*=", text, re.M), f"{module} defines its own exit codes"
+        assert not re.search(r"\breturn [2-4]\b", text), f"{module} returns a bare exit code: use ExitCode"
+
+
+@pytest.mark.parametrize("name", [".tok.", ".tmp.", "==== dbdict attempt", "claim."])
+def test_file_names_are_spelled_in_jobdir_only(name):
+    spelled = [m for m in modules() if m != "jobdir" and any(name in s for s in strings(m))]
+    assert not spelled, f"{name!r} is spelled outside jobdir, in {spelled}"
+
+
+def test_worker_options_are_declared_once():
+    """The CLI, runner.Options and submit take the options from options.WORKER_OPTIONS: no
+    module but options declares one of them as an argument (`-q/--quiet` is every command's)."""
+    for module in modules():
+        if module == "options":
+            continue
+        for o in options.WORKER_OPTIONS:
+            if o.name == "quiet":
+                continue
+            assert f'"{o.flag}"' not in source(module), f"{module} declares {o.flag} itself"
+
+
+def test_runner_options_take_every_declared_option_and_only_those():
+    from dbdict_fs.errors import UsageError
+    from dbdict_fs.runner import Options
+
+    opts = Options()
+    assert set(vars(opts)) == {o.name for o in options.WORKER_OPTIONS}
+    with pytest.raises(UsageError, match="did you mean 'grace'"):
+        Options(grayce=1)
