@@ -403,7 +403,7 @@ def run_claimed(held, opts, signals):
     paths = jd.JobPaths(held.jobdir)
     book.update(status="running", attempts=attempts, host=held.token["host"], pid=os.getpid(),
                 worker=held.token["worker"], cluster_job=held.token["cluster_job"],
-                start=booking.utc_iso(), end=None, duration=None, error=None,
+                start=booking.utc_iso(), end=None, duration=None, error=None, ended=None,
                 runs=int(book.get("runs", 0) or 0) + 1)
     resume = book["runs"] > 1
     scratch = None
@@ -641,6 +641,11 @@ class _Attempt:
         book.update(end=booking.utc_iso(), duration=round(now - self.started, 3))
         book.pop("pgid", None)
         book.pop("shepherd", None)
+        # The shepherd exits on its own only once every process of the attempt is gone; one
+        # killed by a signal (the OOM killer) may have left a setsid daemon writing in our
+        # directory. Only the first proves that the next attempt may start in place (5.1).
+        shepherd_code = self.child.proc.returncode
+        book["ended"] = self.held.epoch if shepherd_code is not None and shepherd_code >= 0 else None
         if msg.get("op") == "result" and msg.get("returned") == "complete":
             book.update(status="done", returned="complete")
             return _commit(self.held, state, EXIT_OK, f"{self.held.jobdir}: done")

@@ -7,9 +7,10 @@ works in a fresh `workdir.<E>` built as a byte copy of the committed directory (
 reflink where the filesystem offers one, else copy_file_range): it shares no inode with the
 old attempt, so neither a fenced attempt's late tmp + rename (its cwd follows the inode) nor
 its in-place rewrite (`torch.save` opens the existing name with O_TRUNC), nor a late
-`--scratch` sync-back, can change it. A clean start (the previous run attempt ended and
-committed, or was seen dead on this host together with its shepherd) reuses the committed
-directory in place: O(1), and the experiment's cwd stays the same path across resumes.
+`--scratch` sync-back, can change it. A clean start (every earlier holder proven gone:
+the last run attempt committed its end after its shepherd saw every process end, see
+clean_start) reuses the committed directory in place: O(1), and the experiment's cwd stays
+the same path across resumes.
 
 Old directories: when an attempt commits `running` in a new directory, every other
 `workdir.<n>` with n < E except the one it started from is removed; the one it started
@@ -232,25 +233,35 @@ def commit(jobdir, name, source=None):
 
 
 def clean_start(held):
-    """Whether no earlier attempt can still write into the committed directory, so claim
-    `held` may reuse it in place: the state it starts from is the previous claim's own, and
-    that claim was a run that ended and committed `ready` (its shepherd saw every process
-    gone first), or its holder and shepherd are seen gone on this host. Anything else (a
-    steal by lease expiry, a requeue or cancel command in between) builds a copy."""
-    from . import booking
-
+    """Whether every earlier holder of the committed directory is proven gone, so claim
+    `held` may reuse it in place (DESIGN.md 5.1 rev 4). The proof is `dbdict.ended`: the
+    epoch of the last run attempt that committed its end after its shepherd had exited on
+    its own, which it does only once every process of the attempt is gone. It must name the
+    latest run claim before ours: a command's claim since (a requeue or cancel, from any
+    host) proves nothing about the holder it fenced, which may be paused or behind a hung
+    mount, and whose exited command process tells nothing. A holder that died (its shepherd
+    killed too, or never seen to finish: a setsid daemon may outlive it) or was stolen from
+    is not proven gone: the next attempt works in a byte copy."""
     book = held.state["dbdict"]
     prev = int(book.get("epoch", 0))
     if prev != held.epoch - 1:
-        return False
-    if prev == 0:
-        return True  # the first run after create
-    try:
-        token = jd.read_claim(held.jobdir, prev)
-    except Exception:  # noqa: BLE001 - unreadable: assume the worst
-        return False
-    if not isinstance(token, dict):
-        return False
-    if book.get("status") == "ready" and token.get("purpose", "run") == "run" and book.get("end"):
-        return True
-    return booking.Observer(booking.Identity.current()).holder_gone(held.jobdir, prev, token, held.state)
+        return False  # a claim between the state and ours wrote nothing: its holder is unknown
+    last_run = latest_run_claim(held.jobdir, prev)
+    if last_run is None:
+        return False  # a token we cannot read: assume the worst
+    return last_run == 0 or book.get("ended") == last_run
+
+
+def latest_run_claim(jobdir, epoch):
+    """The newest run claim at or below `epoch` (commands' claims skipped), 0 when no run
+    ever claimed the job, None when a token cannot be read."""
+    for k in range(epoch, 0, -1):
+        try:
+            token = jd.read_claim(jobdir, k)
+        except Exception:  # noqa: BLE001 - unreadable or missing
+            return None
+        if not isinstance(token, dict):
+            return None
+        if token.get("purpose", "run") == "run":
+            return k
+    return 0

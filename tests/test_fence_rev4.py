@@ -83,6 +83,68 @@ def committed(job):
     return state
 
 
+def namespace_pids(proc):
+    """Real pid -> pid inside the namespace, of every process in the pid namespace that
+    `unshare --pid --fork` (proc) made."""
+    with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+        first = int(f.read().split()[0])
+    ns = os.readlink(f"/proc/{first}/ns/pid")
+    found = {}
+    for name in os.listdir("/proc"):
+        try:
+            if name.isdigit() and os.readlink(f"/proc/{name}/ns/pid") == ns:
+                with open(f"/proc/{name}/status") as f:
+                    nspid = next(line for line in f if line.startswith("NSpid:")).split()
+                found[int(name)] = int(nspid[-1])
+        except (OSError, StopIteration):
+            continue
+    return found
+
+
+@pytest.mark.parametrize("commands", [[["requeue", "--status", "running", "--force"]],
+                                      [["cancel"], ["requeue"]]], ids=["requeue-force", "cancel-requeue"])
+def test_a_command_between_a_stopped_holder_and_the_next_run_proves_nothing(tree, commands):
+    """Item 5: A runs on host a (its own pid namespace: its pids mean nothing on host b) and
+    is stopped with a checkpoint rename in flight; on host b a person requeues the job (or
+    cancels, then requeues it) and runs it. The requeue's process has exited on host b and
+    A's pids are not host b's: neither proves A gone, so B must not start in A's directory,
+    and A's late rename leaves the committed `ckpt` B's."""
+    job, ctl = job_with(tree, "ckpt_in_flight")
+    a = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", '"$@"', "sh",
+                          *CLI, "run", job, *SHORT], env=host("host-a"), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    stopped = []
+    try:
+        wait_for(lambda: ctl_file(ctl, "A-started") and read_state(job)["dbdict"]["status"] == "running",
+                 timeout=60, what="attempt A to start", detail=lambda: f"exit {a.poll()}")
+        pids = namespace_pids(a)
+        helper = int(ctl_file(ctl, "A-started").split()[1])
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+            stopped.append(pid)
+        for command in commands:
+            cli(*command, str(tree), env=host("host-b"))
+        cli("work", str(tree), *SHORT, env=host("host-b"))
+        assert read_state(job)["result"] == "B" and open(os.path.join(job, "workdir", "ckpt")).read() == "B"
+        open(os.path.join(ctl, "go"), "w").close()
+        os.kill(next(real for real, inside in pids.items() if inside == helper), signal.SIGCONT)
+        wait_for(lambda: ctl_file(ctl, "A-renamed") is not None, timeout=30, what="the stale attempt's rename")
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        _, err = a.communicate(timeout=60)
+        assert a.returncode != 0, err  # fenced: it never claims success
+    finally:
+        for pid in stopped:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        a.kill()
+        a.wait()
+    assert open(os.path.join(job, "workdir", "ckpt")).read() == "B"
+    assert committed(job)["dbdict"]["status"] == "done"
+
+
 def test_a_steal_shares_no_inode_with_the_stopped_holder(tree, attempt_a):
     """Item 7: B steals from a stopped A and rewrites model.pt in place, as torch.save does;
     A's helper, resumed late, rewrites its model.pt in place too: B's stays B."""
@@ -96,3 +158,53 @@ def test_a_steal_shares_no_inode_with_the_stopped_holder(tree, attempt_a):
     assert open(model, "rb").read() == b"B"
     state = committed(job)
     assert os.stat(model).st_nlink == 1 and state["dbdict"]["status"] == "done"
+
+
+def test_a_clean_incomplete_return_still_resumes_in_place(tree):
+    """The O(1) resume stays for a holder known gone: an INCOMPLETE return, whose shepherd
+    saw every process end, is resumed in the same directory."""
+    from conftest import experiment, run_cli
+
+    from dbdict_fs import create_jobs
+
+    job = create_jobs(tree, [{"x": 1}], experiment("once_incomplete")).created[0]
+    assert run_cli("run", job).returncode == 3
+    first = read_state(job)["dbdict"]
+    assert first["ended"] == first["epoch"]
+    assert run_cli("run", job).returncode == 0
+    assert read_state(job)["dbdict"]["workdir"] == first["workdir"]
+
+
+def test_a_daemon_of_an_attempt_whose_shepherd_was_killed_never_writes_the_next_workdir(tree):
+    """Item 6: the OOM killer kills the shepherd; the experiment dies with it, but its setsid
+    daemon lives on, appending to daemon.log in its cwd. The worker requeues the job; the
+    next attempt must not start in that directory in place."""
+    job, ctl = job_with(tree, "daemon_once")
+    daemon = None
+    worker = subprocess.Popen(CLI + ["run", job], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        daemon = int(wait_for(lambda: ctl_file(ctl, "daemon.pid"), timeout=60, what="the daemon"))
+        wait_for(lambda: read_state(job)["dbdict"]["status"] == "running", timeout=30, what="the running state")
+        os.kill(read_state(job)["dbdict"]["shepherd"][0], signal.SIGKILL)
+        _, err = worker.communicate(timeout=60)
+        assert worker.returncode == 3, err  # the experiment died with its shepherd: requeued
+        assert not pid_gone(daemon)
+        cli("run", job)
+        state = committed(job)
+        assert state["result"] == "ok"
+        workdir = os.path.realpath(os.path.join(job, "workdir"))
+        assert os.path.realpath(f"/proc/{daemon}/cwd") != workdir
+        log = os.path.join(workdir, "daemon.log")
+        before = open(log).read() if os.path.exists(log) else ""
+        theirs = f"/proc/{daemon}/cwd/daemon.log"
+        grown = len(open(theirs).read()) + 5
+        wait_for(lambda: len(open(theirs).read()) >= grown, timeout=30, what="the daemon to write on")
+        assert (open(log).read() if os.path.exists(log) else "") == before
+    finally:
+        worker.kill()
+        worker.wait()
+        if daemon:
+            try:
+                os.kill(daemon, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
