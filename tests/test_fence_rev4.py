@@ -11,6 +11,7 @@ earlier attempt reaches the committed workdir, whoever fenced it and however it 
 """
 
 import os
+import shutil
 import signal
 import subprocess
 
@@ -208,3 +209,25 @@ def test_a_daemon_of_an_attempt_whose_shepherd_was_killed_never_writes_the_next_
                 os.kill(daemon, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_a_scratch_sync_back_longer_than_half_the_lease_does_not_time_out_the_save(tree, tmp_path):
+    """Item 10: with --scratch, the save's sync-back of the checkpoint stalls in one copy call
+    for longer than L/2 (strace holds the worker's sendfile / copy_file_range calls 2.5 s,
+    L/2 = 1.5 s): the worker keeps its claim, its shepherd and its experiment hearing from
+    it, the save succeeds and the job is done, with the checkpoint in the workdir."""
+    if shutil.which("strace") is None:
+        pytest.fail("strace is missing: apt-get install strace (.ci/run installs it)")
+    job, ctl = job_with(tree, "scratch_save")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    calls = "sendfile,copy_file_range"
+    out = subprocess.run(["strace", "-qq", "-o", str(tmp_path / "trace"), "-e", f"trace={calls}",
+                          "-e", f"inject={calls}:delay_enter=2500000",
+                          *CLI, "run", job, "--scratch", str(scratch), *SHORT],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "copy_file_range" in open(tmp_path / "trace").read() or "sendfile" in open(tmp_path / "trace").read()
+    state = committed(job)
+    assert state["saved"] is True and state["dbdict"]["status"] == "done"
+    assert open(os.path.join(job, "workdir", "ckpt")).read() == "saved"

@@ -86,3 +86,12 @@ def daemon_once(state, channel):
         time.sleep(60)
         return
     state.result = "ok"
+
+
+def scratch_save(state, channel):
+    """Writes a checkpoint in its cwd (the node-local scratch copy) and saves: the worker
+    syncs it back to the shared workdir before it answers."""
+    with open("ckpt", "w") as f:
+        f.write("saved")
+    state.saved = channel.save()
+    state.result = "ok"
