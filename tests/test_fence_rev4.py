@@ -18,7 +18,7 @@ import subprocess
 import pytest
 
 from conftest import read_state, wait_for
-from procs import pid_gone
+from procs import pid_gone, proc_state
 from test_fence import CLI, SHORT, ctl_file, job_with
 
 
@@ -231,3 +231,155 @@ def test_a_scratch_sync_back_longer_than_half_the_lease_does_not_time_out_the_sa
     state = committed(job)
     assert state["saved"] is True and state["dbdict"]["status"] == "done"
     assert open(os.path.join(job, "workdir", "ckpt")).read() == "saved"
+
+
+# ---------------------------------------------------------------- checks a mutation run found untested
+
+SEAM = "DBDICT_TEST_STOP_BEFORE_RENAME"
+
+
+def stopped_at(marker, proc):
+    """`proc` wrote `marker` (its pid) at a seam and stopped itself there; its pid."""
+    pid = int(wait_for(lambda: os.path.exists(marker) and open(marker).read(), timeout=60,
+                       what=f"the seam {os.path.basename(marker)}", detail=lambda: f"exit {proc.poll()}"))
+    wait_for(lambda: proc_state(pid) == "T", timeout=10, what="the process to stop itself")
+    return pid
+
+
+def test_a_command_claim_that_wrote_nothing_is_not_an_attempt(tree, tmp_path):
+    """A `cancel` killed -9 between its claim and its state leaves claim.1 with no state;
+    the next run (same host: the command's process is gone) counts only run claims, so
+    with --max-attempts 1 it runs the job instead of failing it as lost once."""
+    job, _ = job_with(tree, "scratch_save")
+    marker = str(tmp_path / "cancel-linked")
+    cancel = subprocess.Popen(CLI + ["cancel", str(tree)], env=dict(os.environ, **{SEAM: f"write:canceled:{marker}"}),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        stopped_at(marker, cancel)
+    finally:
+        cancel.kill()
+        cancel.wait()
+    assert sorted(n for n in os.listdir(job) if n.startswith("claim.")) == ["claim.1"]
+    run = subprocess.run(CLI + ["run", job, "--max-attempts", "1"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    book = read_state(job)["dbdict"]
+    assert book["status"] == "done" and book["attempts"] == 1
+
+
+def traced_pid(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("TracerPid:")).split()[1])
+
+
+def test_a_same_host_steal_waits_for_the_shepherd(tree, tmp_path):
+    """The worker is killed -9 while its shepherd is slow to end the attempt (strace holds
+    its first kill() call): worker and experiment are gone, its setsid daemon is not.
+    `dbdict run` on the same host must not take the job (exit 4) until the shepherd has
+    finished and exited."""
+    if shutil.which("strace") is None:
+        pytest.fail("strace is missing: apt-get install strace (.ci/run installs it)")
+    job, ctl = job_with(tree, "daemon_once")
+    worker = subprocess.Popen(CLI + ["run", job], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    trace = tmp_path / "shepherd.strace"
+    tracer = None
+    try:
+        daemon = int(wait_for(lambda: ctl_file(ctl, "daemon.pid"), timeout=60, what="the daemon"))
+        book = wait_for(lambda: read_state(job)["dbdict"]["status"] == "running" and read_state(job)["dbdict"],
+                        timeout=30, what="the running state")
+        shepherd = book["shepherd"][0]
+        tracer = subprocess.Popen(["strace", "-qq", "-o", str(trace), "-p", str(shepherd), "-e", "trace=kill",
+                                   "-e", "inject=kill:delay_enter=120000000"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: traced_pid(shepherd) == tracer.pid, timeout=30, what="strace to attach")
+        worker.kill()
+        worker.wait()
+        wait_for(lambda: "kill(" in trace.read_text(), timeout=30, what="the shepherd's held kill()")
+        wait_for(lambda: pid_gone(book["pgid"]), timeout=30, what="the experiment to die with its worker")
+        early = subprocess.run(CLI + ["run", job], capture_output=True, text=True, timeout=120)
+        assert early.returncode == 4, early.stderr
+        assert not pid_gone(daemon) and read_state(job)["dbdict"]["epoch"] == 1
+        tracer.kill()  # the kernel lets the shepherd go: it ends the attempt, then exits
+        tracer.wait()
+        wait_for(lambda: pid_gone(shepherd), timeout=30, what="the shepherd to end the attempt")
+        assert pid_gone(daemon)
+        cli("run", job)
+        assert read_state(job)["result"] == "ok"
+    finally:
+        if tracer is not None:
+            tracer.kill()
+            tracer.wait()
+        worker.kill()
+        worker.wait()
+
+
+def test_the_workdir_link_is_repointed_only_after_the_running_commit(tree, tmp_path, attempt_a):
+    """B steals from a stopped A and is stopped itself at its `running` state write, its
+    copy built: `workdir` still names the committed (A's) directory, which the state names."""
+    job, ctl = job_with(tree, "model_in_place")
+    a = attempt_a(job)
+    stop_attempt(job, ctl, a)
+    marker = str(tmp_path / "b-before-running")
+    b = subprocess.Popen(CLI + ["work", str(tree), "--wait", *SHORT],
+                         env=dict(host("host-b"), **{SEAM: f"write:running:{marker}"}),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        stopped_at(marker, b)
+        state = read_state(job)
+        assert state["dbdict"]["epoch"] == 1 and os.path.isdir(os.path.join(job, "workdir.2"))
+        assert os.readlink(os.path.join(job, "workdir")) == state["dbdict"]["workdir"] != "workdir.2"
+    finally:
+        b.kill()
+        b.wait()
+
+
+@pytest.mark.parametrize("where", ["save", "end"])
+def test_a_canceled_scratch_attempt_syncs_nothing_back(tree, tmp_path, where):
+    """A --scratch attempt (no heartbeat due: the default lease) is canceled while its
+    experiment has a new file in scratch; then the experiment saves (`save`) or returns
+    (`end`). The worker looks for a newer claim before it syncs: the canceled job's
+    committed workdir gets nothing."""
+    job, ctl = job_with(tree, "late_on_go", save=where == "save")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    worker = subprocess.Popen(CLI + ["run", job, "--scratch", str(scratch)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: ctl_file(ctl, "ready") and read_state(job)["dbdict"]["status"] == "running",
+                 timeout=60, what="the experiment", detail=lambda: f"exit {worker.poll()}")
+        cli("cancel", str(tree))
+        open(os.path.join(ctl, "go"), "w").close()
+        _, err = worker.communicate(timeout=60)
+        assert worker.returncode == 4, err
+    finally:
+        worker.kill()
+        worker.wait()
+    state = committed(job)
+    assert state["dbdict"]["status"] == "canceled"
+    assert not any(os.path.exists(os.path.join(job, n, "late")) for n in os.listdir(job) if n.startswith("workdir"))
+
+
+def test_a_save_after_a_newer_claim_is_refused(tree, tmp_path):
+    """A cancel is stopped between its claim and its state; the experiment then saves. The
+    worker looks for a newer claim before writing: nothing is written under the old claim
+    (its running state.1 stays as it was) and the save is refused."""
+    job, ctl = job_with(tree, "late_on_go", save=True)
+    worker = subprocess.Popen(CLI + ["run", job], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    marker = str(tmp_path / "cancel-linked")
+    cancel = None
+    try:
+        wait_for(lambda: ctl_file(ctl, "ready") and read_state(job)["dbdict"]["status"] == "running",
+                 timeout=60, what="the experiment", detail=lambda: f"exit {worker.poll()}")
+        before = open(os.path.join(job, "state.1.yaml")).read()
+        cancel = subprocess.Popen(CLI + ["cancel", str(tree)], env=dict(os.environ, **{SEAM: f"write:canceled:{marker}"}),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stopped_at(marker, cancel)
+        open(os.path.join(ctl, "go"), "w").close()
+        _, err = worker.communicate(timeout=60)
+        assert worker.returncode == 4, err
+        assert open(os.path.join(job, "state.1.yaml")).read() == before
+    finally:
+        if cancel is not None:
+            cancel.kill()
+            cancel.wait()
+        worker.kill()
+        worker.wait()

@@ -95,3 +95,17 @@ def scratch_save(state, channel):
         f.write("saved")
     state.saved = channel.save()
     state.result = "ok"
+
+
+def late_on_go(state, channel):
+    """Writes `late` in its cwd and waits for ctl/go; then saves and sleeps (`save`), or
+    returns: the test cancels the job in between."""
+    with open("late", "w") as f:
+        f.write("late")
+    _mark(state, "ready", str(os.getpid()))
+    while not os.path.exists(os.path.join(state.ctl, "go")):
+        time.sleep(0.02)
+    if state.get("save"):
+        state.saved = channel.save()
+        time.sleep(60)
+    state.result = "returned"
