@@ -97,11 +97,14 @@ class Recorder:
                 epochs.append(epoch)
         if not epochs:
             return
-        committed = self._committed()
+        path = os.path.join(self.jobdir, history_name(max(epochs)))
         try:
-            data = _read_prefix(os.path.join(self.jobdir, history_name(max(epochs))), 1 << 62)
+            if self.base is not None and max(epochs) == self.base[0] and os.stat(path).st_size <= self.base[1]:
+                return  # the usual resume: every point of the file is committed already
+            data = _read_prefix(path, 1 << 62)
         except FileNotFoundError:
             return
+        committed = self._committed()
         data = data[: data.rfind(b"\n") + 1]  # whole lines: a torn last line is not a point
         if len(data) > len(committed) and data.startswith(committed):
             self.seed = data
