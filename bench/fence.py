@@ -1,13 +1,14 @@
-"""What starting an attempt costs under the fenced workdir (DESIGN 5.1), against a byte copy
-measured in the same run: a steal from a possibly-live holder builds a hard-link copy
-(O(files)), a clean resume reuses the directory (O(1)).
+"""What starting an attempt costs under the fenced workdir (DESIGN 5.1 rev 4): a steal from a
+possibly-live holder builds a byte copy (workdir.copy_tree: a reflink where the filesystem
+offers one, else copy_file_range), measured against the hard-link copy of revision 3 (which
+shared inodes with the old attempt: `torch.save` rewrote them in place) in the same run; a
+clean resume reuses the directory (O(1)).
 
     .venv/bin/python bench/fence.py [--files 1000] [--gib 1.0]
 """
 
 import argparse
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -16,6 +17,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from dbdict_fs import workdir  # noqa: E402
+
+
+def hard_link_copy(src, dst):
+    """Revision 3's steal copy (mkdir per directory, os.link per file), kept here to compare."""
+    os.mkdir(dst)
+    for top, dirs, files in os.walk(src):
+        out = os.path.join(dst, os.path.relpath(top, src))
+        for d in dirs:
+            os.makedirs(os.path.join(out, d), exist_ok=True)
+        for f in files:
+            os.link(os.path.join(top, f), os.path.join(out, f))
 
 
 def timed(fn):
@@ -34,8 +46,9 @@ def case(tmp, name, files, size):
             while left > 0:
                 f.write(chunk[:left])
                 left -= len(chunk)
-    link = timed(lambda: workdir.link_copy(src, os.path.join(tmp, f"{name}-link")))
-    copy = timed(lambda: shutil.copytree(src, os.path.join(tmp, f"{name}-copy")))
+    os.sync()  # the source's dirty pages are not the copy's cost
+    link = timed(lambda: hard_link_copy(src, os.path.join(tmp, f"{name}-link")))
+    copy = timed(lambda: workdir.copy_tree(src, os.path.join(tmp, f"{name}-copy")))
     moved = os.path.join(tmp, f"{name}-moved")
     resume = timed(lambda: os.rename(src, moved))  # what a clean resume costs at most (it reuses in place)
     return link, copy, resume
@@ -49,9 +62,9 @@ def main():
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
         rows = [(f"{args.files} files of 4 KiB", *case(tmp, "many", args.files, 4096)),
                 (f"1 file of {args.gib:g} GiB", *case(tmp, "big", 1, int(args.gib * (1 << 30))))]
-    print(f"{'workdir':24} {'steal (links)':>14} {'byte copy':>10} {'ratio':>7} {'resume':>9}")
+    print(f"{'workdir':24} {'rev 3 links':>12} {'rev 4 copy':>11} {'copy/links':>11} {'resume':>9}")
     for name, link, copy, resume in rows:
-        print(f"{name:24} {link:13.4f}s {copy:9.4f}s {link / copy:7.3f} {resume:8.6f}s")
+        print(f"{name:24} {link:11.4f}s {copy:10.4f}s {copy / link:10.1f}x {resume:8.6f}s")
 
 
 if __name__ == "__main__":

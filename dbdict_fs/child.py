@@ -168,7 +168,12 @@ class Link:
             self._replies.clear()
         self.send(msg)
         with self._cond:
-            self._cond.wait_for(lambda: self._replies, timeout=self.fence_after)
+            # The worker may take long (a --scratch sync-back): wait while it keeps pinging.
+            while not self._replies:
+                left = self._last_ping + self.fence_after - _boottime()
+                if left <= 0:
+                    break
+                self._cond.wait(min(left, 1.0))
             return self._replies.pop(0) if self._replies else None
 
 

@@ -5,8 +5,13 @@ directory (one JSON object per line: {"step": s, metric: value, ...}), and every
 commits records how much of that file is committed, `dbdict.history = {"epoch": E, "bytes": n}`.
 Readers read the latest state, then that file up to n bytes only, so a fenced attempt's late
 points (appended past n, or to its own older file) never appear. A new holder seeds its file with
-the committed bytes of the file the state it resumed from names, and then appends. A step logged
-again (a resume from an older checkpoint) replaces the earlier point: readers keep the last one.
+the committed bytes of the file the state it resumed from names, and then appends; rev 4: a
+holder that takes the job over seeds it instead with every whole line of its predecessor's file
+as it stood when it read it (the dead or stolen-from attempt's points up to the takeover, which
+its checkpoint may already include), so a killed and resumed job shows its whole curve. A step
+logged again (a resume from an older checkpoint) replaces the earlier point: readers keep the
+last one. A write cut short (a full disk) is cut back to the last whole batch, so the committed
+byte count always ends at a line's end.
 """
 
 import errno
@@ -34,6 +39,16 @@ def _pointer(state):
     return (epoch, size) if epoch >= 0 and size >= 0 else None
 
 
+def _history_epoch(name):
+    """E of a `history.<E>.jsonl` name, else None."""
+    if name.startswith("history.") and name.endswith(".jsonl"):
+        try:
+            return int(name[len("history."):-len(".jsonl")])
+        except ValueError:
+            return None
+    return None
+
+
 def _read_prefix(path, size):
     """The first `size` bytes of `path` (never through a symlink)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -54,7 +69,11 @@ class Recorder:
     """The worker's side: appends the child's points to history.<E>.jsonl, stamps commits.
 
     Nothing is created until the first point arrives, so an experiment that never logs
-    costs nothing, and a job that logged before keeps its committed pointer unchanged.
+    costs nothing, and a job that logged before keeps its committed pointer unchanged;
+    except after a takeover (DESIGN.md 10 rev 4): when a predecessor's file holds more
+    whole lines than the state we resumed from commits (it logged, then died or was
+    stolen from), our file starts now with those lines, as that file stood at this read,
+    and our next commit names them. A fenced predecessor's later points never show.
     """
 
     def __init__(self, held):
@@ -63,21 +82,55 @@ class Recorder:
         self.fd = None
         self.size = 0
         self.dirty = False
+        self.seed = None  # the lines our file starts with; None: the base's committed prefix
+        names = held.names if getattr(held, "names", None) is not None else None
+        try:
+            self._take_over(names)
+        except OSError:
+            self.close()  # a takeover that cannot be read or written keeps the committed points
+
+    def _take_over(self, names):
+        epochs = []
+        for name in os.listdir(self.jobdir) if names is None else names:
+            epoch = _history_epoch(name)
+            if epoch is not None and epoch < self.epoch and (self.base is None or epoch >= self.base[0]):
+                epochs.append(epoch)
+        if not epochs:
+            return
+        path = os.path.join(self.jobdir, history_name(max(epochs)))
+        try:
+            if self.base is not None and max(epochs) == self.base[0] and os.stat(path).st_size <= self.base[1]:
+                return  # the usual resume: every point of the file is committed already
+            data = _read_prefix(path, 1 << 62)
+        except FileNotFoundError:
+            return
+        committed = self._committed()
+        data = data[: data.rfind(b"\n") + 1]  # whole lines: a torn last line is not a point
+        if len(data) > len(committed) and data.startswith(committed):
+            self.seed = data
+            self._open()
+
+    def _committed(self):
+        """The whole lines the state we resumed from commits."""
+        if self.base is None:
+            return b""
+        try:
+            seed = _read_prefix(os.path.join(self.jobdir, history_name(self.base[0])), self.base[1])
+        except FileNotFoundError:
+            return b""
+        return seed[: seed.rfind(b"\n") + 1]  # a torn copy: keep whole lines only
 
     def _open(self):
         path = os.path.join(self.jobdir, history_name(self.epoch))
-        seed = b""
-        if self.base is not None:
-            old = os.path.join(self.jobdir, history_name(self.base[0]))
-            try:
-                seed = _read_prefix(old, self.base[1])
-            except FileNotFoundError:
-                seed = b""
-            if seed and not seed.endswith(b"\n"):  # a torn copy: keep whole lines only
-                seed = seed[: seed.rfind(b"\n") + 1]
+        seed = self._committed() if self.seed is None else self.seed
         # Only the holder of E ever writes this name: an existing file is our own leftover.
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-        self._write(seed)
+        try:
+            self._write(seed)
+        except OSError:
+            self.close()  # no file without its seed: the next append opens it again
+            self.size = 0
+            raise
         self._remove_older()
 
     def _remove_older(self):
@@ -86,23 +139,33 @@ class Recorder:
         if self.base is None:
             return
         for name in os.listdir(self.jobdir):
-            if name.startswith("history.") and name.endswith(".jsonl"):
+            epoch = _history_epoch(name)
+            if epoch is not None and epoch < self.base[0]:
                 try:
-                    epoch = int(name[len("history."):-len(".jsonl")])
-                except ValueError:
-                    continue
-                if epoch < self.base[0]:
-                    try:
-                        os.unlink(os.path.join(self.jobdir, name))
-                    except OSError:
-                        pass
+                    os.unlink(os.path.join(self.jobdir, name))
+                except OSError:
+                    pass
 
     def _write(self, data):
+        """Append all of `data`, or (OSError) none of it: a short write on a full disk is
+        cut back, so a later append never follows a partial line and the byte count the
+        next commit names ends at a line's end."""
         view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view):]
+        try:
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError:
+            try:
+                os.ftruncate(self.fd, self.size)
+                os.lseek(self.fd, self.size, os.SEEK_SET)
+            except OSError:
+                self.close()  # cannot cut it back: append nothing more (stamps name self.size)
+                self.broken = True
+            raise
         self.size += len(data)
         self.dirty = self.dirty or bool(data)
+
+    broken = False
 
     def append(self, points):
         """Points from the child: a list of {"step": s, metric: value, ...}."""
@@ -110,7 +173,7 @@ class Recorder:
         for point in points if isinstance(points, list) else ():
             if isinstance(point, dict) and "step" in point and len(point) > 1:
                 lines.append(json.dumps(point, allow_nan=True) + "\n")
-        if not lines:
+        if not lines or self.broken:
             return
         try:
             if self.fd is None:

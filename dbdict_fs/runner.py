@@ -18,6 +18,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -494,7 +495,7 @@ def run_claimed(held, opts, signals):
     paths = jd.JobPaths(held.jobdir)
     book.update(status="running", attempts=attempts, host=held.token["host"], pid=os.getpid(),
                 worker=held.token["worker"], cluster_job=held.token["cluster_job"],
-                start=booking.utc_iso(), end=None, duration=None, error=None,
+                start=booking.utc_iso(), end=None, duration=None, error=None, ended=None,
                 runs=int(book.get("runs", 0) or 0) + 1)
     fresh = book.pop("fresh_workdir", None) is True  # requeue --fresh: start from scratch
     resume = book["runs"] > 1 and not fresh
@@ -546,10 +547,7 @@ def run_claimed(held, opts, signals):
         child.send({"op": "init", "state": init_state, "experiment": book["experiment"],
                     "pythonpath": book.get("pythonpath") or [], "resume": resume,
                     "fence_after": opts.lease / 2})
-        attempt = _Attempt(held, opts, signals, child, state, scratch)
-        if scratch:
-            scratch.keep_alive = attempt.keep_alive  # syncs longer than L/2 keep pinging
-        return attempt.loop()
+        return _Attempt(held, opts, signals, child, state, scratch).loop()
     finally:
         child.close()
         if scratch:
@@ -662,7 +660,7 @@ class _Attempt:
         state["dbdict"]["saved"] = booking.utc_iso()
         try:
             if self.scratch and self.held.check():
-                self.scratch.sync_back()
+                self.sync_back()
             self.held.write_state(state)
         except Fenced:
             return False
@@ -696,9 +694,29 @@ class _Attempt:
             self.child.ping()
         return False
 
-    def keep_alive(self):
-        """For long steps inside the loop (scratch syncs): beat, ping; True while we hold."""
-        return not self._heartbeat()
+    def sync_back(self):
+        """Sync the scratch copy back (at a save, at the end) while a thread keeps the claim's
+        heartbeat and the shepherd and experiment hearing from us: a sync longer than L/2 (a
+        big checkpoint, a slow file server, one stalled call) must not look like a stopped
+        worker and time out the experiment's save. The thread stops at our own fence (and
+        with every thread of a stopped worker); the copy checks the fence before every file
+        and chunk. Raises Fenced."""
+        stop = threading.Event()
+
+        def keep():
+            while not stop.wait(min(self.held.heartbeat, self.opts.lease / 10)):
+                if not self.held.keep_alive():
+                    return
+                self.child.ping()
+
+        keeper = threading.Thread(target=keep, name="dbdict-sync-keeper", daemon=True)
+        self.scratch.keep_alive = lambda: self.held.fenced() is None
+        keeper.start()
+        try:
+            self.scratch.sync_back()
+        finally:
+            stop.set()
+            keeper.join()
 
     def _wait_child(self, timeout):
         """Wait for the experiment's process to exit, heartbeating (and pinging it) meanwhile:
@@ -723,7 +741,7 @@ class _Attempt:
             return self._lost()
         if self.scratch:
             try:
-                self.scratch.sync_back()
+                self.sync_back()
             except Fenced:
                 return self._lost()
         msg = self.final or {}
@@ -738,6 +756,11 @@ class _Attempt:
         book.update(end=booking.utc_iso(), duration=round(now - self.started, 3))
         book.pop("pgid", None)
         book.pop("shepherd", None)
+        # The shepherd exits on its own only once every process of the attempt is gone; one
+        # killed by a signal (the OOM killer) may have left a setsid daemon writing in our
+        # directory. Only the first proves that the next attempt may start in place (5.1).
+        shepherd_code = self.child.proc.returncode
+        book["ended"] = self.held.epoch if shepherd_code is not None and shepherd_code >= 0 else None
         if msg.get("op") == "result" and msg.get("returned") == "complete":
             book.update(status="done", returned="complete")
             return _commit(self.held, state, ExitCode.OK, f"{self.held.jobdir}: done")

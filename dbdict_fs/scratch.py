@@ -2,7 +2,9 @@
 
 Files are synced back to the shared workdir one by one as temp file + rename, so the
 shared copy never holds a half-written checkpoint; the worker syncs only while it is not
-fenced (at every save and at the end).
+fenced (at every save and at the end), checking before every file and every chunk; the
+worker keeps its heartbeat and its experiment's pings going meanwhile (runner._Attempt.sync_back),
+so a sync longer than half the lease does not look like a stopped worker.
 """
 
 import os
@@ -23,11 +25,15 @@ def _files(root):
                 yield os.path.relpath(path, root)
 
 
-def copy_atomic(src, dst):
-    """Copy one file so readers of `dst` see the old or the new file, never a part."""
+def copy_atomic(src, dst, keep_alive=None):
+    """Copy one file so readers of `dst` see the old or the new file, never a part; in
+    chunks, stopping (Fenced) once `keep_alive()` says this worker no longer holds the job."""
+    from .workdir import copy_file
+
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     with replacing(dst) as tmp:
-        shutil.copy2(src, tmp)
+        if not copy_file(src, tmp, keep_alive):
+            raise Fenced(f"{dst}: this worker no longer holds the job: sync-back stopped")
 
 
 class Scratch:
@@ -69,7 +75,7 @@ class Scratch:
             if self._synced.get(rel) == sig:
                 continue
             self._alive()  # a fenced-out worker must not overwrite the new holder's files
-            copy_atomic(src, os.path.join(self.workdir, rel))
+            copy_atomic(src, os.path.join(self.workdir, rel), self.keep_alive)
             self._synced[rel] = sig
 
     def remove(self):

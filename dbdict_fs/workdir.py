@@ -3,20 +3,23 @@
 `JOBDIR/workdir` is a relative symlink to the committed attempt directory; the latest state
 names it too (`dbdict.workdir`), and that name, not the symlink, is what the next attempt
 starts from. An attempt whose predecessor may still be alive (a steal by lease expiry)
-works in a fresh `workdir.<E>` built as a hard-link copy of the committed directory, so a
-fenced attempt's late tmp + rename (its cwd follows the inode) or `--scratch` sync-back
-lands only in its own old directory. A clean start (the previous run attempt ended and
-committed, or was seen dead on this host together with its shepherd) reuses the committed
-directory in place: O(1), and the experiment's cwd stays the same path across resumes.
+works in a fresh `workdir.<E>` built as a byte copy of the committed directory (rev 4: a
+reflink where the filesystem offers one, else copy_file_range): it shares no inode with the
+old attempt, so neither a fenced attempt's late tmp + rename (its cwd follows the inode) nor
+its in-place rewrite (`torch.save` opens the existing name with O_TRUNC), nor a late
+`--scratch` sync-back, can change it. A clean start (every earlier holder proven gone:
+the last run attempt committed its end after its shepherd saw every process end, see
+clean_start) reuses the committed directory in place: O(1), and the experiment's cwd stays
+the same path across resumes.
 
 Old directories: when an attempt commits `running` in a new directory, every other
 `workdir.<n>` with n < E except the one it started from is removed; the one it started
 from goes at the next new directory. Removing a directory a stale attempt may still use
-cannot change the committed one (its files are other names of the same inodes, or other
-inodes), so this only bounds disk use.
+cannot change the committed one (other inodes), so this only bounds disk use.
 """
 
 import errno
+import fcntl
 import os
 import shutil
 import stat
@@ -86,9 +89,59 @@ def point_link(jobdir, name):
         os.symlink(name, tmp)
 
 
-def link_copy(src, dst, keep_alive=None):
-    """Build `dst` as a hard-link copy of `src`: mkdir per directory, os.link per file,
-    symlinks copied. O(files), never O(bytes). `keep_alive()` False stops it (returns False)."""
+FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int), a reflink of the whole file
+_CHUNK = 64 << 20  # bytes copied between two keep_alive() calls
+
+
+def copy_file(src, dst, keep_alive=None):
+    """Give `dst` (a new name) the bytes of `src` in an inode of its own, never a hard link.
+
+    A reflink (FICLONE) where the filesystem offers one (btrfs, XFS, OCFS2: O(1), blocks
+    shared copy-on-write, so a later in-place write to either file changes only that one);
+    otherwise os.copy_file_range (in-kernel; NFS 4.2 does it on the server), then plain
+    reads and writes, in chunks with `keep_alive()` between them. Mode and times follow, as
+    with shutil.copy2. False when keep_alive() said stop (dst is then incomplete)."""
+    with open(src, "rb", opener=_nofollow) as fin, open(dst, "xb") as fout:
+        try:
+            fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
+        except OSError:
+            if not _copy_range(fin.fileno(), fout.fileno(), keep_alive):
+                return False
+    shutil.copystat(src, dst, follow_symlinks=False)
+    return True
+
+
+def _nofollow(path, flags):
+    return os.open(path, flags | os.O_NOFOLLOW)
+
+
+def _copy_range(fin, fout, keep_alive):
+    ranged = hasattr(os, "copy_file_range")
+    while True:
+        if ranged:
+            try:
+                done = os.copy_file_range(fin, fout, _CHUNK)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
+                    raise
+                ranged = False  # not between these two files: copy through user space
+                continue
+        else:
+            data = os.read(fin, 1 << 20)
+            done = len(data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fout, view):]
+        if not done:
+            return True
+        if keep_alive is not None and not keep_alive():
+            return False
+
+
+def copy_tree(src, dst, keep_alive=None):
+    """Build `dst` as a byte copy of `src` (DESIGN.md 5.1 rev 4): mkdir per directory,
+    copy_file per file (no inode shared with `src`), symlinks copied as links.
+    `keep_alive()` False stops it (returns False)."""
     count = 0
     os.mkdir(dst)
     for top, dirs, files in os.walk(src):
@@ -105,19 +158,12 @@ def link_copy(src, dst, keep_alive=None):
             s, t = os.path.join(top, f), os.path.join(out, f)
             try:
                 st = os.lstat(s)
+                if stat.S_ISLNK(st.st_mode):
+                    os.symlink(os.readlink(s), t)
+                elif stat.S_ISREG(st.st_mode) and not copy_file(s, t, keep_alive):
+                    return False
             except FileNotFoundError:
                 continue  # a stale writer's temporary file, renamed meanwhile
-            if stat.S_ISLNK(st.st_mode):
-                os.symlink(os.readlink(s), t)
-            elif stat.S_ISREG(st.st_mode):
-                try:
-                    os.link(s, t, follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                except OSError as exc:
-                    if exc.errno not in (errno.EMLINK, errno.EPERM, errno.EXDEV):
-                        raise
-                    shutil.copy2(s, t)
             count += 1
             if keep_alive is not None and count % _BEAT_EVERY == 0 and not keep_alive():
                 return False
@@ -128,7 +174,7 @@ def prepare(held, clean, keep_alive=None, source=_UNKNOWN):
     """The attempt directory of claim `held` (a path), built as DESIGN.md 5.1 says.
 
     `clean`: no earlier attempt can still write into the committed directory, so it is
-    reused in place; otherwise a hard-link copy `workdir.<E>` is built. `source`: the
+    reused in place; otherwise a byte copy `workdir.<E>` is built (copy_tree). `source`: the
     committed name, when the caller has it. Returns (path, name, new) where `new` says a
     fresh directory was built."""
     jobdir = held.jobdir
@@ -148,7 +194,7 @@ def prepare(held, clean, keep_alive=None, source=_UNKNOWN):
     path = os.path.join(jobdir, name)
     if os.path.lexists(path):  # only claim E builds workdir.<E>: a leftover of no one
         shutil.rmtree(path, ignore_errors=True)
-    if not link_copy(os.path.join(jobdir, source), path, keep_alive):
+    if not copy_tree(os.path.join(jobdir, source), path, keep_alive):
         shutil.rmtree(path, ignore_errors=True)
         from .errors import Fenced
 
@@ -213,25 +259,35 @@ def commit(jobdir, name, source=None):
 
 
 def clean_start(held):
-    """Whether no earlier attempt can still write into the committed directory, so claim
-    `held` may reuse it in place: the state it starts from is the previous claim's own, and
-    that claim was a run that ended and committed `ready` (its shepherd saw every process
-    gone first), or its holder and shepherd are seen gone on this host. Anything else (a
-    steal by lease expiry, a requeue or cancel command in between) builds a copy."""
-    from . import booking
-
+    """Whether every earlier holder of the committed directory is proven gone, so claim
+    `held` may reuse it in place (DESIGN.md 5.1 rev 4). The proof is `dbdict.ended`: the
+    epoch of the last run attempt that committed its end after its shepherd had exited on
+    its own, which it does only once every process of the attempt is gone. It must name the
+    latest run claim before ours: a command's claim since (a requeue or cancel, from any
+    host) proves nothing about the holder it fenced, which may be paused or behind a hung
+    mount, and whose exited command process tells nothing. A holder that died (its shepherd
+    killed too, or never seen to finish: a setsid daemon may outlive it) or was stolen from
+    is not proven gone: the next attempt works in a byte copy."""
     book = held.state["dbdict"]
     prev = int(book.get("epoch", 0))
     if prev != held.epoch - 1:
-        return False
-    if prev == 0:
-        return True  # the first run after create
-    try:
-        token = jd.read_claim(held.jobdir, prev)
-    except Exception:  # noqa: BLE001 - unreadable: assume the worst
-        return False
-    if not isinstance(token, dict):
-        return False
-    if book.get("status") == "ready" and token.get("purpose", "run") == "run" and book.get("end"):
-        return True
-    return booking.Observer(booking.Identity.current()).holder_gone(held.jobdir, prev, token, held.state)
+        return False  # a claim between the state and ours wrote nothing: its holder is unknown
+    last_run = latest_run_claim(held.jobdir, prev)
+    if last_run is None:
+        return False  # a token we cannot read: assume the worst
+    return last_run == 0 or book.get("ended") == last_run
+
+
+def latest_run_claim(jobdir, epoch):
+    """The newest run claim at or below `epoch` (commands' claims skipped), 0 when no run
+    ever claimed the job, None when a token cannot be read."""
+    for k in range(epoch, 0, -1):
+        try:
+            token = jd.read_claim(jobdir, k)
+        except Exception:  # noqa: BLE001 - unreadable or missing
+            return None
+        if not isinstance(token, dict):
+            return None
+        if token.get("purpose", "run") == "run":
+            return k
+    return 0

@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -16,6 +17,8 @@ from dbdict_fs import jobdir as jd
 from dbdict_fs.errors import DbdictError
 
 from conftest import read_state, run_cli
+
+CLI = [sys.executable, "-c", "import sys; from dbdict_fs.cli import main; sys.exit(main())"]
 
 DISK_KB = 1024
 
@@ -131,6 +134,29 @@ def fill_then_save(state, channel):
 def fill_then_raise(state, channel):
     _fill()
     raise ValueError("after filling the disk")
+
+def _wait_for_file(path):
+    import time
+    while not os.path.exists(path):
+        time.sleep(0.02)
+
+def log_through_a_full_disk(state, channel):
+    """Logs steps 1-10 and saves; once the test has filled the disk, logs 11-410 (a short
+    write, then ENOSPC) and saves (refused: the worker handled those points first); once
+    the test has freed it, logs 411-420 and returns."""
+    for step in range(1, 11):
+        channel.log(step, loss=float(step))
+    state.saved = [channel.save()]
+    open(os.path.join(state.ctl, "logged-1"), "w").close()
+    _wait_for_file(os.path.join(state.ctl, "full"))
+    for step in range(11, 411):
+        channel.log(step, loss=float(step))
+    state.saved.append(channel.save())
+    open(os.path.join(state.ctl, "logged-2"), "w").close()
+    _wait_for_file(os.path.join(state.ctl, "freed"))
+    for step in range(411, 421):
+        channel.log(step, loss=float(step))
+    return COMPLETE
 ''')
     return str(path)
 
@@ -298,3 +324,37 @@ def test_disk_fills_between_the_claim_and_the_first_write(disk, full_job):
     assert "space" in proc.stderr.lower(), proc.stderr
     assert job in proc.stderr, f"the worker's error does not name the job: {proc.stderr}"
     free(filler)
+
+
+def test_a_history_append_cut_short_by_a_full_disk_leaves_no_torn_line(disk, tmp_path):
+    """Issue 23, item 9: the disk fills while the worker appends a batch of points: the
+    write is cut short (part of a line lands), then ENOSPC. The batch is lost, but nothing
+    of it stays: the points logged once space is back are all committed, whole."""
+    from conftest import wait_for
+    from dbdict_fs import history
+
+    ctl = tmp_path / "ctl"
+    ctl.mkdir()
+    exps = write_experiments(tmp_path)
+    job = create_jobs(disk / "tree", [{"ctl": str(ctl)}], f"{exps}:log_through_a_full_disk").created[0]
+    worker = subprocess.Popen(CLI + ["run", job], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (ctl / "logged-1").exists(), timeout=60, what="the first batch",
+                 detail=lambda: f"exit {worker.poll()}")
+        filler = fill(disk)
+        (ctl / "full").touch()
+        wait_for(lambda: (ctl / "logged-2").exists(), timeout=60, what="the batch on a full disk")
+        free(filler)
+        (ctl / "freed").touch()
+        out, err = worker.communicate(timeout=60)
+    finally:
+        worker.kill()
+        worker.wait()
+    assert worker.returncode == 0, err
+    state = read_state(job)
+    assert state["saved"] == [True, False] and state["dbdict"]["status"] == "done"
+    steps = [row[1] for row in history(job)]
+    assert steps[:10] == list(range(1, 11)) and steps[-10:] == list(range(411, 421)), steps
+    with open(os.path.join(job, "history.1.jsonl"), "rb") as f:
+        data = f.read(state["dbdict"]["history"]["bytes"])
+    assert data.endswith(b"\n") and all(json.loads(line)["loss"] for line in data.splitlines())

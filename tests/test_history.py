@@ -13,6 +13,7 @@ import pytest
 from dbdict_fs import create_jobs, history
 
 from conftest import HERE, pid_gone, read_state, run_cli, wait_for
+from procs import proc_state
 
 CLI = [sys.executable, "-c", "import sys; from dbdict_fs.cli import main; sys.exit(main())"]
 EXPS = os.path.join(HERE, "experiments", "history_exps.py")
@@ -64,10 +65,38 @@ def test_sigterm_then_resume_gives_every_step_once(tree):
     assert set(last_run.values()) == {1, 2}
 
 
+def test_a_killed_and_resumed_job_shows_its_whole_curve(tree):
+    """DESIGN 10 rev 4 (issue 23, item 8): the first attempt logs and checkpoints every step
+    but never commits; its worker is killed -9. The next attempt resumes from the
+    checkpoint and takes over the points the dead attempt had logged: steps 1..60, once."""
+    job = make_job(tree, "curve", steps=60, step_time=0.05, ckpt_every=1, flush=True)
+    worker = subprocess.Popen(CLI + ["run", job, "-q"])
+    try:
+        logged = os.path.join(job, "workdir", "logged")
+        wait_for(lambda: int(open(logged).read()) >= 10, 60, what="ten steps")
+        book = read_state(job)["dbdict"]
+        os.killpg(book["pgid"], signal.SIGSTOP)  # the experiment stops at some checkpoint c
+        ckpt = int(wait_for(lambda: open(os.path.join(job, "workdir", "ckpt")).read(), 10, what="a checkpoint"))
+        wait_for(lambda: any(p["step"] == ckpt for p in raw_points(job)), 30, what="the worker to append step c")
+        worker.kill()
+        worker.wait()
+        wait_for(lambda: pid_gone(book["shepherd"][0]), 30, what="the attempt's shepherd to end it")
+    finally:
+        worker.kill()
+        worker.wait()
+    assert "history" not in read_state(job)["dbdict"]  # nothing was committed: no save, no end
+    out = run_cli("run", job, "-q")
+    assert out.returncode == 0, out.stderr
+    rows = history(job)
+    assert steps_of(rows, "loss") == list(range(1, 61))
+    assert {r[3] for r in rows if r[2] == "run" and r[1] <= ckpt} == {1}  # the dead attempt's points
+
+
 @pytest.mark.parametrize("relog", [True, False], ids=["thief-logs", "thief-logs-nothing"])
 def test_steal_from_sigstopped_worker_hides_its_late_points(tree, relog):
-    """The thief seeds its own file (relog) or keeps the committed pointer into A's file,
-    where A's late points lie past the committed length (no relog)."""
+    """A is stopped after its save, having logged more; B steals. Rev 4 (DESIGN 10): B keeps
+    A's points as A's file stood when B read it (A's worker is stopped: as it stood at the
+    stop), and A's late points, appended once it runs again, never show."""
     lease, beat = 3.0, 0.5
     job = make_job(tree, "saves_then_logs", relog=relog)
     timing = ["--lease", str(lease), "--heartbeat", str(beat)]
@@ -77,6 +106,8 @@ def test_steal_from_sigstopped_worker_hides_its_late_points(tree, relog):
         assert wait_for(lambda: any(p["valid_err"] == -1.0 for p in raw_points(job)), 30)
         a_child = read_state(job)["dbdict"]["pgid"]
         os.kill(a.pid, signal.SIGSTOP)
+        wait_for(lambda: proc_state(a.pid) == "T", 10, what="A's worker to stop")
+        at_takeover = [(p["step"], p["valid_err"]) for p in raw_points(job) if p["valid_err"] == -1.0]
         # its experiment keeps logging into the pipe until it hears nothing for L/2 and dies
         assert wait_for(lambda: pid_gone(a_child), lease / 2 + 20)
         b = subprocess.run(CLI + ["work", str(tree), "--wait", "-q", *timing], timeout=120)
@@ -89,10 +120,11 @@ def test_steal_from_sigstopped_worker_hides_its_late_points(tree, relog):
             os.kill(a.pid, signal.SIGCONT)
             a.kill()
             a.wait()
-    late = [p for p in raw_points(job) if p["valid_err"] == -1.0 and p["step"] > 3]
+    late = [p for p in raw_points(job) if p["valid_err"] == -1.0 and p["step"] > max(s for s, _ in at_takeover)]
     assert late, "A's late points were never written: the test shows nothing"
     rows = history(job)
-    assert [(r[1], r[3]) for r in rows] == [(1, 1.0), (2, 0.5), (3, 1.0 / 3)] + ([(100, 0.5)] if relog else [])
+    assert [(r[1], r[3]) for r in rows] == ([(1, 1.0), (2, 0.5), (3, 1.0 / 3)] + at_takeover
+                                           + ([(100, 0.5)] if relog else []))
 
 
 def test_class_form_and_cli_formats(tree):

@@ -15,6 +15,8 @@ def curve(state, channel):
         time.sleep(state.get("step_time", 0.02))
         step += 1
         channel.log(step, loss=1.0 / step, valid_err=1.0 / (step + 1), run=state.dbdict.runs)
+        if state.get("flush"):
+            channel.flush()  # each point to the worker before its checkpoint
         with open("logged.tmp", "w") as f:
             f.write(str(step))
         os.replace("logged.tmp", "logged")
