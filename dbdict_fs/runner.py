@@ -165,6 +165,7 @@ class _ShepherdHandle:
         self.pid, self._fd, self._own = pid, report_fd, own
         self._buf = b""
         self.returncode = None
+        self.exited_itself = False
 
     def fileno(self):
         return self._fd
@@ -207,6 +208,9 @@ class _ShepherdHandle:
         for line in self._buf.split(b"\n"):
             if line.startswith(b"exit "):
                 code = int(line.split()[1])
+        # Said `exit N`: it exited on its own, after seeing every process of the attempt gone
+        # (DESIGN.md 5.1's proof for an in-place start); killed (OOM), it says nothing.
+        self.exited_itself = code is not None
         status = None
         if self._own:
             try:
@@ -759,8 +763,7 @@ class _Attempt:
         # The shepherd exits on its own only once every process of the attempt is gone; one
         # killed by a signal (the OOM killer) may have left a setsid daemon writing in our
         # directory. Only the first proves that the next attempt may start in place (5.1).
-        shepherd_code = self.child.proc.returncode
-        book["ended"] = self.held.epoch if shepherd_code is not None and shepherd_code >= 0 else None
+        book["ended"] = self.held.epoch if self.child.proc.exited_itself else None
         if msg.get("op") == "result" and msg.get("returned") == "complete":
             book.update(status="done", returned="complete")
             return _commit(self.held, state, ExitCode.OK, f"{self.held.jobdir}: done")
