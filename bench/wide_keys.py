@@ -9,7 +9,7 @@ In the wide trees each job also has 10 result keys of its own (per-class metrics
 from a pool so that the tree holds 2,500 or 20,000 distinct keys: past SQLite's column
 limit the rarest keys live in the side table `jobs_extra`, and every one stays queryable.
 Printed: cold (`--no-cache`) and warm times of two queries and their ratio to the 50-key
-tree. Trees are written directly in the design's format under /tmp and removed afterwards.
+tree, wall and cpu (user + system, children included: steadier on a loaded machine). Trees are written directly in the design's format under /tmp and removed afterwards.
 """
 
 import argparse
@@ -24,6 +24,24 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import query as query_bench  # noqa: E402  (bench/query.py: write_tree, best)
 
 PER_JOB = 10
+
+
+def best(cmd, repeat, env):
+    """(wall, cpu) seconds of the fastest of `repeat` runs of `cmd`: cpu = user + system time
+    of the process and its children (a loaded machine stretches wall time, much less cpu)."""
+    import resource
+
+    runs = []
+    for _ in range(repeat):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if proc.returncode != 0:
+            sys.exit(f"{' '.join(cmd)} failed: {proc.stderr.decode()}")
+        runs.append((wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime))
+    return min(w for w, _ in runs), min(c for _, c in runs)
 
 
 def config_for(distinct):
@@ -54,7 +72,8 @@ def main():
                                                "--format", "csv"]}
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, {args.jobs} jobs per tree; "
           f"whole processes, best of {args.repeat}")
-    print(f"{'distinct keys':>13}  {'query':<28} {'cold':>8} {'warm':>8} {'cold/base':>10} {'warm/base':>10}")
+    print(f"{'distinct keys':>13}  {'query':<28} {'cold':>8} {'warm':>8} {'cold/base':>10} {'warm/base':>10}"
+          f" {'cold cpu':>9} {'warm cpu':>9} {'cpu cold/base':>14} {'cpu warm/base':>14}")
     base_times = {}
     original = query_bench.config_of
     for distinct in (int(k) for k in args.keys.split(",")):
@@ -71,12 +90,13 @@ def main():
                     check = subprocess.run(cli + [tree] + q, capture_output=True, text=True, env=env)
                     rows = check.stdout.splitlines()
                     assert check.returncode == 0 and len(rows) > 2, check.stderr  # seed 7's and m_120's jobs
-                cold = query_bench.best(cli + [tree] + q + ["--no-cache"], args.repeat, env)
-                query_bench.best(cli + [tree] + q, 1, env)  # write the cache
-                warm = query_bench.best(cli + [tree] + q, args.repeat, env)
-                base = base_times.setdefault(name, (cold, warm))
+                cold, cold_cpu = best(cli + [tree] + q + ["--no-cache"], args.repeat, env)
+                best(cli + [tree] + q, 1, env)  # write the cache
+                warm, warm_cpu = best(cli + [tree] + q, args.repeat, env)
+                base = base_times.setdefault(name, (cold, warm, cold_cpu, warm_cpu))
                 print(f"{distinct:>13,}  {name:<28} {cold:>7.3f}s {warm:>7.3f}s {cold / base[0]:>10.2f} "
-                      f"{warm / base[1]:>10.2f}", flush=True)
+                      f"{warm / base[1]:>10.2f} {cold_cpu:>8.3f}s {warm_cpu:>8.3f}s {cold_cpu / base[2]:>14.2f} "
+                      f"{warm_cpu / base[3]:>14.2f}", flush=True)
         finally:
             query_bench.config_of = original
             shutil.rmtree(root, ignore_errors=True)
