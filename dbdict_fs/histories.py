@@ -20,13 +20,6 @@ import os
 
 from . import jobdir as jd
 
-FORMAT = "history.{}.jsonl"
-
-
-def history_name(epoch):
-    return FORMAT.format(int(epoch))
-
-
 def _pointer(state):
     """(epoch, bytes) the state commits, or None when the job never logged a point."""
     ref = (state.get("dbdict") or {}).get("history") if isinstance(state, dict) else None
@@ -38,15 +31,6 @@ def _pointer(state):
         return None
     return (epoch, size) if epoch >= 0 and size >= 0 else None
 
-
-def _history_epoch(name):
-    """E of a `history.<E>.jsonl` name, else None."""
-    if name.startswith("history.") and name.endswith(".jsonl"):
-        try:
-            return int(name[len("history."):-len(".jsonl")])
-        except ValueError:
-            return None
-    return None
 
 
 def _read_prefix(path, size):
@@ -92,12 +76,12 @@ class Recorder:
     def _take_over(self, names):
         epochs = []
         for name in os.listdir(self.jobdir) if names is None else names:
-            epoch = _history_epoch(name)
+            epoch = jd.history_epoch(name)
             if epoch is not None and epoch < self.epoch and (self.base is None or epoch >= self.base[0]):
                 epochs.append(epoch)
         if not epochs:
             return
-        path = os.path.join(self.jobdir, history_name(max(epochs)))
+        path = os.path.join(self.jobdir, jd.history_name(max(epochs)))
         try:
             if self.base is not None and max(epochs) == self.base[0] and os.stat(path).st_size <= self.base[1]:
                 return  # the usual resume: every point of the file is committed already
@@ -115,13 +99,13 @@ class Recorder:
         if self.base is None:
             return b""
         try:
-            seed = _read_prefix(os.path.join(self.jobdir, history_name(self.base[0])), self.base[1])
+            seed = _read_prefix(os.path.join(self.jobdir, jd.history_name(self.base[0])), self.base[1])
         except FileNotFoundError:
             return b""
         return seed[: seed.rfind(b"\n") + 1]  # a torn copy: keep whole lines only
 
     def _open(self):
-        path = os.path.join(self.jobdir, history_name(self.epoch))
+        path = os.path.join(self.jobdir, jd.history_name(self.epoch))
         seed = self._committed() if self.seed is None else self.seed
         # Only the holder of E ever writes this name: an existing file is our own leftover.
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
@@ -139,7 +123,7 @@ class Recorder:
         if self.base is None:
             return
         for name in os.listdir(self.jobdir):
-            epoch = _history_epoch(name)
+            epoch = jd.history_epoch(name)
             if epoch is not None and epoch < self.base[0]:
                 try:
                     os.unlink(os.path.join(self.jobdir, name))
@@ -214,7 +198,7 @@ def read_points(jobdir, retries=20):
         if ref is None:
             return []
         try:
-            data = _read_prefix(os.path.join(jobdir, history_name(ref[0])), ref[1])
+            data = _read_prefix(os.path.join(jobdir, jd.history_name(ref[0])), ref[1])
         except FileNotFoundError:
             continue  # a newer holder moved on since our read of the state: read it again
         points = []

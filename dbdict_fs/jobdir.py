@@ -98,6 +98,21 @@ class JobPaths:
         return os.path.isfile(self.config)
 
 
+def history_name(epoch):
+    """The metric history written under claim `epoch` (DESIGN.md 10): `history.<E>.jsonl`."""
+    return f"history.{int(epoch)}.jsonl"
+
+
+def history_epoch(name):
+    """E of a `history.<E>.jsonl` name, else None."""
+    if name.startswith("history.") and name.endswith(".jsonl"):
+        try:
+            return int(name[len("history."):-len(".jsonl")])
+        except ValueError:
+            return None
+    return None
+
+
 def token_name(host):
     """A fresh claim token's name: `.tok.<host>.<unique suffix>`."""
     return f"{TOKEN_PREFIX}{host}.{unique_suffix()}"

@@ -25,6 +25,7 @@ import shutil
 import stat
 
 from . import jobdir as jd
+from .errors import DbdictError
 
 _UNKNOWN = object()
 
@@ -235,7 +236,7 @@ def commit(jobdir, name, source=None):
     for _ in range(5):
         try:
             _, state = jd.read_latest_state(jobdir)
-        except Exception:  # noqa: BLE001 - the link is for people; the state decides
+        except (DbdictError, OSError):  # the link is for people; the state decides
             return
         want = committed_name(jobdir, state)
         if want is None:
@@ -247,7 +248,7 @@ def commit(jobdir, name, source=None):
         try:
             if os.readlink(jd.JobPaths(jobdir).workdir) == committed_name(jobdir, jd.read_latest_state(jobdir)[1]):
                 break
-        except Exception:  # noqa: BLE001
+        except (DbdictError, OSError):
             break
     mine = jd.workdir_epoch(name)
     if want != name:
@@ -284,7 +285,7 @@ def latest_run_claim(jobdir, epoch):
     for k in range(epoch, 0, -1):
         try:
             token = jd.read_claim(jobdir, k)
-        except Exception:  # noqa: BLE001 - unreadable or missing
+        except OSError:  # missing (read_claim answers {} for an unreadable one)
             return None
         if not isinstance(token, dict):
             return None

@@ -59,7 +59,7 @@ def test_only_errors_defines_exit_codes():
         assert not re.search(r"\breturn [2-4]\b", text), f"{module} returns a bare exit code: use ExitCode"
 
 
-@pytest.mark.parametrize("name", [".tok.", ".tmp.", "==== dbdict attempt", "claim."])
+@pytest.mark.parametrize("name", [".tok.", ".tmp.", "==== dbdict attempt", "claim.", "history."])
 def test_file_names_are_spelled_in_jobdir_only(name):
     spelled = [m for m in modules() if m != "jobdir" and any(name in s for s in strings(m))]
     assert not spelled, f"{name!r} is spelled outside jobdir, in {spelled}"
