@@ -50,7 +50,7 @@ ORPHAN_WAIT = 30.0  # s a replacement waits for a dead worker's attempt to end (
 WORKERS_DIR = os.path.join(jd.META_DIR, "workers")
 POOLS_DIR = os.path.join(jd.META_DIR, "pools")
 _PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
-_OUTCOME = re.compile(rb"^(done|failed) ")  # cmd_work's report line: f"{status:8} {jobdir}"
+_OUTCOME = re.compile(rb"^(done|failed|ready|lost|error) +\S")  # cmd_work's line: f"{status:8} {jobdir}"
 _GPU_NAME = re.compile(r"^([0-9]+|(GPU|MIG)-[A-Za-z0-9/_-]+)$")
 
 
@@ -213,7 +213,7 @@ class Pool:
         self.workers = [_Worker(i, g) for i, g in enumerate(gpu_sets)]
         self.identity = booking.Identity.current()
         self.started = 0
-        self.done = self.failed = 0
+        self.done = self.failed = self.other = 0  # outcomes in the workers' logs
         self.signals = None
         self.forwarded = 0
         self.record_path = None
@@ -233,16 +233,17 @@ class Pool:
         self.record_path = os.path.join(self.tree, POOLS_DIR, f"{host}-{os.getpid()}.json")
         self.started_at = booking.utc_iso()
         self._shown_at = time.monotonic()  # piped: the first line after 10 s, then the final one
-        try:
-            with StopSignals(tuple(FORWARD)) as signals:
-                self.signals = signals
+        with StopSignals(tuple(FORWARD)) as signals:
+            self.signals = signals
+            try:
                 for w in self.workers:
-                    self._start(w)
+                    if not self.stopping:  # a signal during the starts: the rest never start
+                        self._start(w)
                 self._record()
                 while any(w.alive or w.replace_after is not None for w in self.workers):
                     self._tick()
-        finally:
-            self._end()
+            finally:
+                self._end()  # still catching signals: a late Ctrl-C cannot cut the wait short
         return self._exit_code()
 
     def _tick(self):
@@ -383,8 +384,10 @@ class Pool:
             if m:
                 if m.group(1) == b"done":
                     self.done += 1
-                else:
+                elif m.group(1) == b"failed":
                     self.failed += 1
+                else:
+                    self.other += 1
 
     def _line(self):
         alive = sum(w.alive for w in self.workers)
@@ -445,8 +448,8 @@ class Pool:
             self.out.write(f"Error: {lost} worker{'s' if lost > 1 else ''} died and were not replaced "
                            f"(at most {MAX_REPLACEMENTS} replacements each)\n")
             return ExitCode.FAILED
-        if all(w.code == ExitCode.FAILED for w in self.workers):
-            return ExitCode.FAILED  # every job each worker ran failed: a script must notice
+        if self.failed and not self.done and not self.other:
+            return ExitCode.FAILED  # every job the pool ran failed (as for one worker): a script must notice
         return ExitCode.OK
 
 

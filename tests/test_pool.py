@@ -194,6 +194,13 @@ def test_one_signal_stops_the_whole_pool(tree, tmp_path, pools, sig):
     assert json.loads(run_cli("status", tree, "--format", "json", cwd=tmp_path).stdout)["pools"] == []
 
 
+def test_a_pool_whose_every_job_failed_exits_1(tree, tmp_path):
+    create_jobs(str(tree), [{"x": i} for i in range(3)], f"{os.path.join(EXPERIMENTS, 'exps.py')}:fails")
+    proc = run_cli("work", tree, "--workers", "2", cwd=tmp_path, env=pool_env())
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("pool: 0 done, 0 running, 3 failed;")
+
+
 # ---------------------------------------------------------------- input
 
 @pytest.mark.parametrize("args, env, message", [
