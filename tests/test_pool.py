@@ -156,6 +156,9 @@ def test_a_worker_killed_9_is_replaced_and_its_job_finishes(tree, tmp_path, pool
                     what="both workers to run a job", detail=pool.output)
     victim_job = jobs[0]
     victim = held[victim_job]["dbdict"]["pid"]
+    # its experiment has started (a kill before that would be a kill of a worker only)
+    wait_for(lambda: os.path.exists(os.path.join(victim_job, "workdir", "runs")), 120,
+             what="the experiment to start", detail=pool.output)
     assert victim in worker_pids(tree)
     os.kill(victim, signal.SIGKILL)
     # taken over by the replacement, not by waiting for the lease (600 s)
