@@ -112,6 +112,10 @@ def cmd_run(args):
 
 
 def cmd_work(args):
+    if args.workers is not None or args.gpus is not None or args.gpus_per_worker is not None:
+        from .pool import run_pool
+
+        return run_pool(args)  # N supervised `dbdict work` processes (DESIGN.md 12)
     from .runner import work
 
     select_rows = _selector(args)
@@ -322,10 +326,19 @@ Book runnable jobs by priority and run them until none is left. Start as many wo
 you like, on any hosts sharing the tree. SIGTERM/SIGINT/SIGHUP/SIGUSR1/SIGUSR2 ask the running
 experiment to stop (channel() answers 'stop'), requeue its job, and end the worker.
 
+--workers N (or --gpus) starts a pool: N such workers on this machine, each with these same
+arguments, logs in TREE/.dbdict/workers/, one progress line here. A worker killed by a
+signal (kill -9, the OOM killer) is replaced and its job taken over at once; one Ctrl-C,
+SIGTERM or SIGHUP stops them all (jobs back to ready, exit 3). With --gpus each worker's
+experiments see CUDA_VISIBLE_DEVICES = its own --gpus-per-worker devices (dbdict.gpus).
+
 examples:
   {prog} work tree
   {prog} work tree --wait --lease 120 --heartbeat 10      # also recover dead workers' jobs
   {prog} work tree model.arch=resnet --where "lr < 0.1" --max-jobs 5
+  {prog} work tree --workers 4                            # a pool of 4 workers
+  {prog} work tree --gpus all                             # one worker per GPU
+  {prog} work tree --gpus 0,1,2,3 --gpus-per-worker 2     # two workers: 0,1 and 2,3
 """)
     if p:
         p.add_argument("tree", metavar="TREE")
@@ -334,6 +347,14 @@ examples:
         p.add_argument("--wait", action="store_true",
                        help="keep polling while jobs run elsewhere (takes over stale ones)")
         _add_run_options(p)
+        g = p.add_argument_group("a pool of workers on this machine (DESIGN.md 12)")
+        g.add_argument("--workers", type=_positive_int, metavar="N",
+                       help="run N supervised workers, each with the other arguments (default with "
+                            "--gpus: one per --gpus-per-worker devices)")
+        g.add_argument("--gpus", metavar="LIST|all",
+                       help="devices to share out, e.g. 0,1,2,3, or all (CUDA_VISIBLE_DEVICES, else nvidia-smi -L)")
+        g.add_argument("--gpus-per-worker", type=_positive_int, metavar="K",
+                       help="devices per worker, in its CUDA_VISIBLE_DEVICES (default 1)")
 
     p = add("cmdline", cmd_cmdline, "run an experiment once in a fresh job directory", f"""
 Run an experiment once with key=value parameters (typed like YAML scalars), in a fresh job
@@ -505,6 +526,7 @@ def main(argv=None, prog="dbdict", only=None):
         parser = build_parser(prog, build, commands=only)
         args, extra = parser.parse_known_args(fix_negative_sort(argv))
         _collect_rest(parser, args, extra)
+        args._argv = argv  # a pool (work --workers) hands its own arguments to each worker
         return args
 
     return run_command(parse, argv)

@@ -271,8 +271,11 @@ def status(tree, filters=None, where=None, progress=False):
     running = [_running_row(r) for r in rows if r.get("dbdict.status") in ("running", "stale", "booked")]
     failures = sorted((r for r in rows if r.get("dbdict.status") == "failed"),
                       key=lambda r: str(r.get("dbdict.end") or ""), reverse=True)[:5]
+    from .pool import pool_records
+
     return {"counts": counts, "total": len(rows), "running": running,
-            "failed": [{"path": r["dbdict.path"], "error": r.get("dbdict.error")} for r in failures]}
+            "failed": [{"path": r["dbdict.path"], "error": r.get("dbdict.error")} for r in failures],
+            "pools": pool_records(tree)}  # local worker pools (DESIGN.md 12)
 
 
 def _status_once(args):
@@ -292,6 +295,12 @@ def _status_once(args):
             late = "  (heartbeat overdue: its worker may be stopped or dead)" if r["heartbeat_overdue"] else ""
             print(f"  {r['status']:8} {r['path']}  host {r['host']} pid {r['pid']}{slurm_job}  "
                   f"attempt {r['run']}  heartbeat {age} ago{late}")
+    if report["pools"]:
+        from .pool import describe
+
+        print("\nworker pools:")
+        for pool in report["pools"]:
+            print(describe(pool))
     if report["failed"]:
         print("\nrecent failures:")
         for r in report["failed"]:

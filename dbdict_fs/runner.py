@@ -68,9 +68,11 @@ class Outcome:
 # ---------------------------------------------------------------- signals
 
 class StopSignals:
-    """Turns SIGTERM/SIGINT/SIGHUP/SIGUSR1/SIGUSR2 into a request to stop, readable by select()."""
+    """Turns SIGTERM/SIGINT/SIGHUP/SIGUSR1/SIGUSR2 (or `which`) into a request to stop,
+    readable by select()."""
 
-    def __init__(self):
+    def __init__(self, which=None):
+        self.which = STOP_SIGNALS if which is None else which
         self.received = []
         self.fd = None
         self._old = {}
@@ -86,7 +88,7 @@ class StopSignals:
             os.set_inheritable(fd, False)
         self.fd, self._w = r, w
         self._old_wakeup = signal.set_wakeup_fd(w)
-        for sig in STOP_SIGNALS:
+        for sig in self.which:
             self._old[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -502,6 +504,11 @@ def run_claimed(held, opts, signals):
                 start=booking.utc_iso(), end=None, duration=None, error=None, ended=None,
                 runs=int(book.get("runs", 0) or 0) + 1)
     fresh = book.pop("fresh_workdir", None) is True  # requeue --fresh: start from scratch
+    gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if gpus:  # the devices this attempt's experiment sees (a pool's --gpus, a SLURM allocation)
+        book["gpus"] = gpus
+    else:
+        book.pop("gpus", None)
     resume = book["runs"] > 1 and not fresh
     scratch = None
     try:

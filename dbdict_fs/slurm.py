@@ -137,7 +137,8 @@ def ready_jobs(path):
 
 def prepare(tree, workers=None, *, time=None, partition=None, cpus_per_task=None, mem=None, gres=None,
             signal_grace=DEFAULT_SIGNAL_GRACE, resubmit=True, max_resubmits=DEFAULT_MAX_RESUBMITS,
-            per_job=False, job_name=None, wait=False, sbatch_args=(), python=None, **worker_options):
+            per_job=False, job_name=None, wait=False, sbatch_args=(), python=None, gpus_per_worker=None,
+            **worker_options):
     """Check the options and build the Plan (nothing is written: see `submit`).
     `worker_options`: any of options.WORKER_OPTIONS, passed to each worker."""
     tree = os.path.abspath(os.fspath(tree))
@@ -147,6 +148,10 @@ def prepare(tree, workers=None, *, time=None, partition=None, cpus_per_task=None
         raise UsageError(f"--workers must be a whole number >= 1, not {workers!r}")
     if workers is None and not per_job:
         raise UsageError("submit: --workers N is required (or --per-job)")
+    if gpus_per_worker is not None and (per_job or isinstance(gpus_per_worker, bool)
+                                        or not isinstance(gpus_per_worker, int) or gpus_per_worker < 1):
+        raise UsageError("--gpus-per-worker K (a whole number >= 1) goes with --workers N, not --per-job"
+                         if per_job else f"--gpus-per-worker must be a whole number >= 1, not {gpus_per_worker!r}")
     if isinstance(signal_grace, bool) or not isinstance(signal_grace, int) or not 1 <= signal_grace <= 65535:
         raise UsageError(f"--signal-grace must be a whole number of seconds in 1..65535, not {signal_grace!r}")
     if time is not None:
@@ -209,6 +214,9 @@ def prepare(tree, workers=None, *, time=None, partition=None, cpus_per_task=None
     else:
         command = ["work", '"$TREE"'] + [_q(o) for o in words] + (["--wait"] if wait else [])
         what = f"{workers} worker{'s' if workers > 1 else ''}"
+        if gpus_per_worker is not None:  # each task runs a pool over the GPUs of its allocation
+            command += ["--gpus", "all", "--gpus-per-worker", str(gpus_per_worker)]
+            what = f"{workers} task{'s' if workers > 1 else ''}, each a pool of one worker per {gpus_per_worker} GPUs"
     script = _SCRIPT.format(
         what=what, tree_comment=tree.replace("\n", " "), when=_time.strftime("%Y-%m-%d %H:%M:%S UTC", _time.gmtime()),
         script_q=_q(script_path), directives="\n".join(lines), tree=_q(tree), script=_q(script_path),
@@ -496,6 +504,7 @@ then requeues itself (or is submitted again) while runnable jobs remain. Preempt
 
 examples:
   dbdict submit tree --slurm --workers 8 --time 4:00:00 --partition gpu --gres gpu:1
+  dbdict submit tree --slurm --workers 2 --gres gpu:4 --gpus-per-worker 1  # 4 workers a task
   dbdict submit tree --slurm --workers 8 --dry-run            # print the script only
   dbdict submit tree --slurm --per-job --workers 20 -- --qos=low --account=lab
 """
@@ -530,6 +539,9 @@ def add_arguments(p):
                  "(default: a third of --signal-grace, at most 60)",
         "scratch": "run in a node-local copy of workdir under DIR, on each node (checked there)"})
     g.add_argument("--wait", action="store_true", help="workers keep polling while jobs run elsewhere")
+    g.add_argument("--gpus-per-worker", type=positive_int, metavar="K",
+                   help="each task runs a pool (dbdict work --gpus all --gpus-per-worker K): one worker "
+                        "per K GPUs of its allocation (CUDA_VISIBLE_DEVICES, e.g. from --gres gpu:N)")
     p.set_defaults(sbatch_args=[])
     _split_at_double_dash(p)
 
@@ -556,7 +568,8 @@ def _options(args):
     return dict(time=args.time, partition=args.partition, cpus_per_task=args.cpus_per_task, mem=args.mem,
                 gres=args.gres, signal_grace=args.signal_grace, resubmit=args.resubmit,
                 max_resubmits=args.max_resubmits, per_job=args.per_job, job_name=args.job_name,
-                wait=args.wait, sbatch_args=args.sbatch_args, **options.given(args))
+                wait=args.wait, sbatch_args=args.sbatch_args, gpus_per_worker=args.gpus_per_worker,
+                **options.given(args))
 
 
 def run(args):

@@ -511,3 +511,29 @@ def test_time_limit_warning_stops_and_resubmits_until_done(slurm_cluster, tree):
     assert state["dbdict"]["resumes"] >= 1 and state["resumed_from"] > 0
     text = all_logs(tree)
     assert "got SIGUSR2" in text and "requeued" in text
+
+
+def test_gpus_per_worker_makes_each_task_a_pool_of_its_allocation(tree):
+    make_jobs(tree, "double", [{"x": 1}])
+    proc = submit_cmd(tree, "--slurm", "--workers", "2", "--gres", "gpu:4", "--gpus-per-worker", "2", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert '"$TREE"' in proc.stdout and " --gpus all --gpus-per-worker 2" in proc.stdout
+    proc = submit_cmd(tree, "--slurm", "--per-job", "--gpus-per-worker", "2", "--dry-run")
+    assert proc.returncode == 2 and "--per-job" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slurm
+def test_a_task_with_gpus_per_worker_runs_one_worker_per_device(slurm_cluster, tree, tmp_path):
+    # The local cluster has no GPU: the allocation's devices come from the submitter's
+    # CUDA_VISIBLE_DEVICES (sbatch exports the environment), as SLURM sets it with --gres.
+    meet = tmp_path / "meet"
+    meet.mkdir()
+    spec = os.path.join(HERE, "experiments", "pool_exps.py") + ":sees_devices"
+    jobs = create_jobs(tree, [{"x": i, "meet": str(meet), "parties": 2} for i in range(4)], spec).created
+    job_id, _ = do_submit(tree, "--workers", "1", "--time", "10", "--gpus-per-worker", "1",
+                          env={"CUDA_VISIBLE_DEVICES": "0,1"})
+    wait_gone(job_id, 600)
+    states = [read_state(j) for j in jobs]
+    assert all(s["dbdict"]["status"] == "done" for s in states), all_logs(tree)
+    assert {s["seen"] for s in states} == {"0", "1"} and all(s["dbdict"]["gpus"] == s["seen"] for s in states)
+    assert {s["dbdict"]["cluster_job"] for s in states} == {f"{job_id}_0"}
