@@ -474,12 +474,11 @@ def _last_error(log):
 
 def run_pool(args):
     """`dbdict work TREE --workers N [--gpus ...]` (cmd_work hands over here)."""
+    from . import options
     from .runner import make_options
 
     gpu_sets = plan_workers(args.workers, args.gpus, args.gpus_per_worker)
-    from .cli import _run_options
-
-    make_options(**_run_options(args))  # bad worker options: one error here, not N in logs
+    make_options(**options.given(args))  # bad worker options: one error here, not N in logs
     tree = args.tree
     if not os.path.isdir(tree):
         raise UsageError(f"{tree}: no such directory")
