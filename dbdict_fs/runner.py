@@ -452,7 +452,7 @@ def run_job(jobdir, **options):
     if not os.path.isdir(jobdir):
         raise JobNotFound(jobdir, "no such directory")
     check_job(jobdir)
-    with StopSignals() as signals:
+    with StopSignals() as signals, _preloaded(opts, signals):
         held = booking.claim(jobdir, lease=opts.lease, heartbeat=opts.heartbeat, wait=False)
         return run_claimed(held, opts, signals)
 
@@ -922,7 +922,8 @@ def work(tree, *, max_jobs=None, wait=False, poll=None, select_rows=None, on_out
 @contextlib.contextmanager
 def _preloaded(opts, signals):
     """With --preload: this worker's zygote, started (and its imports waited for) before the
-    first claim, so no lease runs meanwhile; ended with the worker."""
+    first claim, so no lease runs meanwhile; ended with the worker (`work`, or `run`'s one
+    attempt)."""
     if not opts.preload:
         yield
         return
