@@ -9,7 +9,7 @@ import pytest
 import browser
 from dbdict_fs import create_jobs
 
-from conftest import HERE, run_cli
+from conftest import HERE, run_cli, wait_for
 
 EXPS = os.path.join(HERE, "experiments", "history_exps.py")
 needs_browser = pytest.mark.skipif(not browser.available(), reason="needs chromium and chromedriver")
@@ -17,12 +17,16 @@ needs_browser = pytest.mark.skipif(not browser.available(), reason="needs chromi
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
+    """What a person sweeps: a number (lr), a category (arch), a seed, an id per job, two keys
+    that never change (steps, width); lr=0.1 diverges (NaN) on vgg and fails on resnet seed 2."""
     tree = tmp_path_factory.mktemp("report") / "tree"
-    configs = [{"lr": lr, "arch": arch, "seed": seed, "steps": 5, "fail": lr == 0.1 and seed == 2}
-               for lr in (0.1, 0.01, 0.001) for arch in ("a", "b") for seed in (1, 2)]
+    configs = [{"lr": lr, "arch": arch, "seed": seed, "run_id": f"run-{i}", "steps": 5, "width": 4,
+                "fail_when": {"lr": 0.1, "arch": "resnet", "seed": 2}, "nan_when": {"lr": 0.1, "arch": "vgg"}}
+               for i, (lr, arch, seed) in enumerate((lr, arch, seed) for lr in (0.1, 0.01, 0.001)
+                                                     for arch in ("resnet", "vgg") for seed in (1, 2))]
     create_jobs(tree, configs, f"{EXPS}:quick")
     out = run_cli("work", tree, "-q", timeout=300)
-    assert out.returncode == 0, out.stderr  # two jobs fail on purpose: the worker goes on
+    assert out.returncode == 0, out.stderr  # one job fails on purpose: the worker goes on
     return tree
 
 
@@ -49,39 +53,111 @@ def column(chrome, name):
                      f".map(function(tr){{return tr.children[{i}].textContent}})"), i
 
 
+# where a plot's point i is on the screen (after scrolling it into view), and what it stands for
+POINT = """var f=document.querySelector(arguments[0]);f.scrollIntoView({block:'center'});
+var s=f.querySelector('svg'),r=s.getBoundingClientRect(),vb=s.viewBox.baseVal,p=f._pts[arguments[1]];
+return [r.left+p[0]*r.width/vb.width, r.top+p[1]*r.height/vb.height, p[3]];"""
+# where, on the screen, SVG coordinates (x, y) of a figure's plot are
+AT = """var s=document.querySelector(arguments[0]+' svg'),r=s.getBoundingClientRect(),vb=s.viewBox.baseVal;
+return [r.left+arguments[1]*r.width/vb.width, r.top+arguments[2]*r.height/vb.height];"""
+
+
+def texts(chrome, css):
+    return chrome.js("return Array.from(document.querySelectorAll(arguments[0])).map(function(e){"
+                     "return e.textContent})", css)
+
+
 @needs_browser
 def test_report_as_a_person_sees_it(sweep, tmp_path, chrome):
     url = write_report(sweep, tmp_path / "sweep.html", "--metric", "valid_err", "--top", "4")
+    chrome.resize(1200, 1600)
     chrome.console()  # drop entries of earlier pages
     chrome.get(url)
     assert len(chrome.find_all("#alljobs tbody tr")) == 12  # one row per job
     assert chrome.js("return document.getElementById('shown').textContent") == "12 of 12 jobs"
     text = chrome.js("return document.body.innerText")
-    assert re.search(r"10\s+done", text) and re.search(r"2\s+failed", text)
-    assert text.count("RuntimeError: diverged: loss is nan") == 2  # the failed jobs' last error line
+    assert re.search(r"11\s+done", text) and re.search(r"1\s+failed", text)
+    assert text.count("RuntimeError: diverged: loss is nan") == 1  # the failed job's last error line
     assert len(chrome.find_all("#best tbody tr")) == 4
+    assert chrome.js("return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+                     "") == [chrome.js("return document.documentElement.clientWidth")] * 2  # no sideways scroll
+
+    # a panel per parameter: lr numeric (log), arch with its two categories; seed, id, constants none
+    assert sorted(texts(chrome, "figure[data-param] figcaption b")) == ["arch", "lr"]
+    assert sorted(chrome.js("return Array.from(document.querySelectorAll('figure[data-param]')).map("
+                            "function(f){return f.dataset.param})")) == ["arch", "lr"]
+    assert texts(chrome, "figure[data-param=arch] text.cat") == ["resnet", "vgg"]
+    assert len(chrome.find_all("figure[data-param=arch] g.box")) == 2
+    assert "lr (log)" in texts(chrome, "figure[data-param=lr] text")
+    header = chrome.js("return document.getElementById('constant').innerText")
+    assert "steps=5" in header and "width=4" in header
+    assert "seed" in chrome.js("return document.getElementById('replicates').innerText")
+    assert "run_id" in chrome.js("return document.getElementById('ids').innerText")
+    heads = texts(chrome, "#alljobs th")
+    assert "steps" not in heads and "width" not in heads and "seed" in heads  # constants: header only
+
+    # diverged runs: counted, drawn at the top edge, listed with their parameters
+    assert chrome.js("return document.getElementById('diverged-count').innerText").split() == ["2", "diverged"]
+    assert len(chrome.find_all("figure[data-param=lr] path.diverged")) == 1  # lr=0.1, vgg: both seeds
+    listed = [tr.split("\t") for tr in texts(chrome, "#diverged tbody tr")]
+    assert len(listed) == 2
+    listed = chrome.js("return Array.from(document.querySelectorAll('#diverged tbody tr')).map("
+                       "function(tr){return tr.innerText})")
+    assert all("vgg" in row and "0.1" in row and "nan" in row.lower() for row in listed), listed
+
+    # learning curves are named by what differs between them, never by a hash
+    labels = chrome.js("return Array.from(document.querySelectorAll('figure[data-plot=curves] g.series'))"
+                       ".map(function(g){return g.dataset.label})")
+    assert len(labels) == 4 and len(set(labels)) == 4
+    assert all(dict(kv.split("=") for kv in label.split(", ")).keys() == {"lr", "arch"} for label in labels), labels
+
+    # parameter importance: shares that sum to one
+    shares = chrome.js("return Array.from(document.querySelectorAll('figure[data-plot=importance] .bar'))"
+                       ".map(function(b){return [b.dataset.key, +b.dataset.share]})")
+    assert sorted(k for k, _ in shares) == ["arch", "lr"] and abs(sum(v for _, v in shares) - 1) < 0.01
+
+    # hover a point: its parameters and value; click it: its jobs' rows, highlighted and in view
+    x, y, what = chrome.js(POINT, "figure[data-param=lr]", 0)
+    chrome.mouse(("move", x, y))
+    tip = wait_for(lambda: chrome.js("var t=document.getElementById('tip');"
+                                     "return t.style.display==='block'&&t.textContent"), what="the hover text")
+    assert tip == what and re.search(r"arch=\w+, lr=[0-9.]+", tip) and "valid_err = " in tip
+    chrome.mouse(("move", x, y), ("down",), ("up",))
+    rows = wait_for(lambda: chrome.js("return Array.from(document.querySelectorAll('#alljobs tr.hl')).map("
+                                      "function(tr){var r=tr.getBoundingClientRect();"
+                                      "return [tr.children[0].textContent, r.top>=0&&r.bottom<=innerHeight]})"),
+                    what="highlighted rows")
+    assert len(rows) == 2 and all(visible for _, visible in rows)  # the two seeds of that point
+    assert tip.splitlines()[-1].split()[0] in [path for path, _ in rows]
+    assert all(os.path.isdir(sweep / path) for path, _ in rows)  # the path is the job's directory
+
+    # parallel coordinates: drag along the lr axis over 0.1 only, and the table keeps lr=0.1 jobs
+    chrome.js("document.querySelector('figure[data-plot=parallel]').scrollIntoView({block:'center'})")
+    axis = texts(chrome, "figure[data-plot=parallel] g.axis text[font-weight=bold]").index("lr")
+    ax = chrome.js(f"return +document.querySelectorAll('figure[data-plot=parallel] g.axis line')[{axis}]"
+                   ".getAttribute('x1')")
+    start, end = chrome.js(AT, "figure[data-plot=parallel]", ax, 20), chrome.js(AT, "figure[data-plot=parallel]", ax, 100)
+    chrome.mouse(("move", *start), ("down",), ("move", *end), ("up",))
+    lrs, _ = wait_for(lambda: (lambda c: c if len(c[0]) < 12 else None)(column(chrome, "lr")), what="brushing")
+    assert lrs and set(lrs) == {"0.1"}, lrs
+    assert len(chrome.find_all("figure[data-plot=parallel] rect.brush")) == 1
+    chrome.mouse(("move", *start), ("down",), ("up",))  # a click on the axis clears its range
+    wait_for(lambda: len(chrome.find_all("#alljobs tbody tr")) == 12, what="the brush cleared")
 
     # sorting: click valid_err, ascending; click again, descending
     values, i = column(chrome, "valid_err")
     heads = chrome.find_all("#alljobs th")
     chrome.click(heads[i])
     values, _ = column(chrome, "valid_err")
-    assert [float(v) for v in values] == sorted(float(v) for v in values) and len(set(values)) > 3
+    finite = [float(v) for v in values if v not in ("NaN", "")]
+    assert finite == sorted(finite) and len(set(finite)) > 3
     chrome.click(heads[i])
     values, _ = column(chrome, "valid_err")
-    assert [float(v) for v in values] == sorted((float(v) for v in values), reverse=True)
+    finite = [float(v) for v in values if v not in ("NaN", "")]
+    assert finite == sorted(finite, reverse=True)
     arch, j = column(chrome, "arch")
     chrome.click(chrome.find_all("#alljobs th")[j])
     assert column(chrome, "arch")[0] == sorted(arch)
-
-    # every plot is drawn: one mean series per numeric parameter, one curve per best job
-    plots = chrome.js("return Array.from(document.querySelectorAll('figure.plot')).map(function(f){"
-                      "return [f.dataset.name, f.querySelectorAll('g.series path').length,"
-                      " f.querySelector('svg').getBoundingClientRect().width]})")
-    assert sorted(p[0] for p in plots) == ["curves", "param-fail", "param-lr", "param-seed"]
-    for name, series, width in plots:
-        assert width > 100
-        assert series == (4 if name == "curves" else 1), (name, series)
 
     # nothing fetched from anywhere, nothing went wrong
     assert chrome.js("return performance.getEntriesByType('resource').length") == 0
