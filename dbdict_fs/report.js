@@ -49,7 +49,7 @@ if(g[4])t+=(g[1]!==null?'; ':'')+g[4]+' of '+g[0].length+' diverged';return t+'\
 function rowText(r){return paramsText(r)+'\n'+D.metric+' = '+fmt(rows[r][D.metricCol])+'\n'+rows[r][0];}
 
 // ---------------------------------------------------------------- one panel per parameter
-var TOP=16;  // the strip above the plot area where diverged runs are drawn
+var TOP=28;  // the strip above the plot area where diverged runs are drawn
 function paramPanel(fig,p){var W=360,H=250,G={l:52,t:TOP+8,r:350,b:H-36},groups=D.groups,pts=[],whisk=[],ups=[];
 var xv=function(g){return rows[g[0][0]][p.col];};
 var sy=scale([].concat.apply([],groups.map(function(g){return [g[2],g[3]];})),false,G.b,G.t,0.05),sx,xs,o;
@@ -63,10 +63,11 @@ var bycat={};
 groups.forEach(function(g,k){var x=xs(g,k);if(x===null)return;
 if(g[1]!==null){pts.push([x,sy(g[1]),g[0],groupText(g)]);if(g[3]!==g[2])whisk.push('M'+f1(x)+' '+f1(sy(g[2]))+'V'+f1(sy(g[3])));
 var key=p.kind==='num'?num(xv(g)):fmt(xv(g));(bycat[key]=bycat[key]||[]).push(g[1]);}
-if(g[4])ups.push([x,TOP/2+2,g[0],groupText(g)]);});
+if(g[4])ups.push([x,TOP-8,g[0],groupText(g)]);});
 if(p.kind==='num'){var line=Object.keys(bycat).map(Number).sort(function(a,b){return a-b;}).map(function(x){var m=bycat[x];
 return [sx(x),sy(m.reduce(function(a,b){return a+b;},0)/m.length)];});
-if(line.length>1)o.push('<g class=series data-label=mean><path d="M'+line.map(function(q){return f1(q[0])+' '+f1(q[1]);}).join('L')+'" stroke="#1f77b4" stroke-width=1.5 fill=none /></g>');}
+// the mean per value, where configurations share values (a grid), not through a random search's scatter
+if(line.length>1&&line.length<pts.length)o.push('<g class=series data-label=mean><path d="M'+line.map(function(q){return f1(q[0])+' '+f1(q[1]);}).join('L')+'" stroke="#1f77b4" stroke-width=1.5 fill=none /></g>');}
 else p.cats.forEach(function(c,i){var m=(bycat[c]||[]).slice().sort(function(a,b){return a-b;});if(!m.length)return;
 var q=function(f){return m[Math.min(m.length-1,Math.floor(f*(m.length-1)+0.5))];},x=G.l+band*(i+0.5),w=band*0.6;
 o.push('<g class=box data-cat="'+esc(c)+'"><path d="M'+f1(x)+' '+f1(sy(m[0]))+'V'+f1(sy(q(.25)))+'M'+f1(x)+' '+f1(sy(q(.75)))+'V'+f1(sy(m[m.length-1]))+'" stroke="#888" />'+
@@ -74,7 +75,7 @@ o.push('<g class=box data-cat="'+esc(c)+'"><path d="M'+f1(x)+' '+f1(sy(m[0]))+'V
 '<path d="M'+f1(x-w/2)+' '+f1(sy(q(.5)))+'h'+f1(w)+'" stroke="#1f77b4" stroke-width=2 /></g>');});
 if(whisk.length)o.push('<path class=spread d="'+whisk.join('')+'" stroke="#1f77b4" stroke-opacity=.4 fill=none />');
 o.push(dots(pts,'points','#1f77b4',6));
-if(ups.length)o.push('<text x='+(G.r)+' y=10 text-anchor=end fill="#d62728">'+ups.length+' diverged \u2715</text>'+crosses(ups,'diverged'));
+if(ups.length)o.push('<text x='+(G.r)+' y=9 text-anchor=end fill="#d62728">'+ups.length+' diverged \u2715</text>'+crosses(ups,'diverged'));
 fig._pts=pts.concat(ups);return o.join('')+'</svg>';}
 
 // ---------------------------------------------------------------- parallel coordinates
@@ -128,11 +129,11 @@ if(i<16){var y=G.t+10+i*18;o.push('<g class=legend data-rows="'+c.rows.join(' ')
 (c.pruned?' stroke-dasharray="4 3"':'')+' /><text x='+(G.r+36)+' y='+(y+4)+'>'+esc((c.label.length>48?c.label.slice(0,47)+'\u2026':c.label)+(c.pruned?' (pruned)':''))+'<title>'+esc(c.label)+'</title></text></g>');}});
 if(cs.length>16)o.push('<text x='+(G.r+12)+' y='+(G.t+10+16*18)+'>and '+(cs.length-16)+' more</text>');
 fig._pts=pts;return o.join('')+'</svg>';}
-function bestSoFar(fig,s){var W=960,H=280,G={l:56,t:TOP+8,r:820,b:H-36},t=s.trials,sign=D.maximize?-1:1;
+function bestSoFar(fig,s){var W=960,H=280,G={l:56,t:TOP+8,r:770,b:H-36},t=s.trials,sign=D.maximize?-1:1;
 var sx=scale(t.map(function(q){return q[0];}),false,G.l,G.r,0.02),sy=scale(t.map(function(q){return num(q[1]);}),false,G.b,G.t,0.05);
 var o=frame(W,H,G,sx,sy,'trial',D.metric),done=[],pruned=[],other=[],ups=[],line=[],best=null;
 t.forEach(function(q){var v=num(q[1]),x=sx(q[0]),p;
-if(v===null){if(bad(q[1]))ups.push([x,TOP/2+2,[q[2]],rowText(q[2])+' (diverged)']);return;}
+if(v===null){if(bad(q[1]))ups.push([x,TOP-8,[q[2]],rowText(q[2])+' (diverged)']);return;}
 p=[x,sy(v),[q[2]],rowText(q[2])+'\n'+q[3]];(q[3]==='done'?done:q[3]==='pruned'?pruned:other).push(p);
 if(q[3]==='done'&&(best===null||sign*v<sign*best)){if(best!==null)line.push([x,sy(best)]);best=v;line.push([x,sy(v)]);}});
 if(line.length){line.push([G.r,line[line.length-1][1]]);o.push('<g class=series data-label="best so far"><path d="M'+line.map(function(q){return f1(q[0])+' '+f1(q[1]);}).join('L')+'" stroke="#2ca02c" stroke-width=2 fill=none /></g>');}

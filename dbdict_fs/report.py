@@ -251,11 +251,11 @@ class Page:
                           else "") + "; click a legend entry to find its jobs</figcaption><div class=svg></div>"
                        "</figure></section>")
         if any(r.get("dbdict.search") is not None for r in self.rows):
-            out.append("<section id=searches><h2>Searches</h2><div class=plots>")
+            out.append("<section id=searches><h2>Searches</h2><div>")
             for name in sorted({str(r["dbdict.search"]) for r in self.rows if r.get("dbdict.search") is not None}):
                 out.append(f"<figure class='plot wide' data-plot=best-so-far data-search='{html.escape(name, quote=True)}'>"
                            f"<figcaption>search <b>{html.escape(name)}</b>: best {html.escape(metric)} so far "
-                           "against the trial number (pruned trials hollow)</figcaption><div class=svg></div></figure>")
+                           "against the trial number (pruned trials pale orange)</figcaption><div class=svg></div></figure>")
             out.append("</div></section>")
         return "".join(out)
 

@@ -3,11 +3,17 @@ per job, sorting by a click, each plot drawn with its series, no network, no con
 
 import os
 import re
+import shutil
+import signal
+import subprocess
+import sys
 
 import pytest
 
 import browser
 from dbdict_fs import create_jobs
+from dbdict_fs.analysis import Roles, configurations, importance, summary
+from fake_jobs import write_job
 
 from conftest import HERE, run_cli, wait_for
 
@@ -204,3 +210,96 @@ def test_long_tables_show_a_page_but_sort_and_filter_every_job(sweep, tmp_path, 
     chrome.click(chrome.find_all("#more")[0])
     assert len(chrome.find_all("#alljobs tbody tr")) == 12
     assert chrome.js("return document.getElementById('more').style.display") == "none"
+
+
+@needs_browser
+def test_watch_rewrites_the_file_and_the_open_page_follows(sweep, tmp_path, chrome):
+    """A job changes while the page is open: the page shows it without a reload by hand,
+    keeping its filter and scroll; Ctrl-C ends the watch with one line."""
+    tree = tmp_path / "tree"
+    shutil.copytree(sweep, tree, symlinks=True)
+    page = tmp_path / "live.html"
+    code = "import sys; from dbdict_fs.cli import main; sys.exit(main())"
+    proc = subprocess.Popen([sys.executable, "-c", code, "report", str(tree), "-o", str(page), "--watch", "0.3",
+                             "--metric", "valid_err"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(page.exists, timeout=60, what="the first report")
+        chrome.resize(1200, 900)
+        chrome.console()
+        chrome.get("file://" + str(page))
+        assert not chrome.find_all(".st-ready")
+        chrome.js("var f=document.getElementById('filter');f.value='resnet';f.dispatchEvent(new Event('input'));"
+                  "window.scrollTo(0, 400)")
+        assert chrome.js("return document.getElementById('shown').textContent") == "6 of 12 jobs"
+        out = run_cli("requeue", tree, "--status", "failed", "-q")  # the failed job is ready again
+        assert out.returncode == 0, out.stderr
+        ready = wait_for(lambda: chrome.js("var r=document.querySelector('.st-ready b');return r&&r.textContent"),
+                         timeout=60, what="the page showing the requeued job")
+        assert ready == "1"
+        assert chrome.js("return [document.getElementById('filter').value, "
+                         "document.getElementById('shown').textContent, Math.round(scrollY)]") == ["resnet", "6 of 12 jobs", 400]
+        assert [e for e in chrome.console() if e.get("level") in ("SEVERE", "WARNING")] == []
+        assert all(e["name"].startswith("file:") for e in
+                   chrome.js("return performance.getEntriesByType('resource').map(function(e){return {name:e.name}})"))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and len(err.strip().splitlines()) == 1 and "stopped watching" in err, err
+
+
+def search_tree(tree):
+    """A search as the search code leaves it: trials with `search`/`trial` bookkeeping, some
+    pruned early (short histories), one diverged."""
+    for trial in range(12):
+        lr = 10 ** (-4 + 3 * ((trial * 7) % 12) / 11)
+        status = "pruned" if trial % 4 == 3 else "done"
+        steps = 2 if status == "pruned" else 6
+        value = float("nan") if trial == 5 else 0.2 + abs(lr - 0.01) * 3 + 0.3 / steps
+        history = [{"step": s, "valid_err": 0.2 + abs(lr - 0.01) * 3 + 0.3 / s} for s in range(1, steps + 1)]
+        write_job(tree, {"lr": lr, "opt": ["sgd", "adam"][trial % 2], "epochs": 6}, {"valid_err": value},
+                  status=status, book={"search": "s1", "trial": trial}, history=history)
+    return tree
+
+
+@needs_browser
+def test_a_search_shows_its_best_so_far_and_its_pruned_trials(tmp_path, chrome):
+    tree = search_tree(tmp_path / "tree")
+    chrome.console()
+    chrome.get(write_report(tree, tmp_path / "search.html", "--metric", "valid_err"))
+    fig = "figure[data-plot=best-so-far][data-search=s1]"
+    assert chrome.find_all(fig) and chrome.find_all(fig + " g.series[data-label='best so far']")
+    legend = texts(chrome, fig + " text.legend")
+    assert "3 pruned" in legend and "8 done" in legend and "1 diverged" in legend, legend
+    assert chrome.js(f"return document.querySelector('{fig} path.pruned').getAttribute('d').split('M').length") == 4
+    text = chrome.js("return document.body.innerText")
+    assert re.search(r"3\s+pruned", text) and re.search(r"1\s+diverged", text)
+    pruned = chrome.find_all("figure[data-plot=curves] g.series.pruned")
+    assert len(pruned) == 3  # told apart in the curves too (dashed)
+    assert sorted(texts(chrome, "figure[data-param] figcaption b")) == ["lr", "opt"]
+    assert "trial" in texts(chrome, "#alljobs th") and "search" in texts(chrome, "#alljobs th")
+    assert [e for e in chrome.console() if e.get("level") in ("SEVERE", "WARNING")] == []
+
+
+def test_roles_of_keys_and_importance():
+    rows = [{"lr": lr, "arch": arch, "seed": seed, "data_seed": 1, "run": f"r{i}", "epochs": 5, "err": err}
+            for i, (lr, arch, seed, err) in enumerate(
+                (lr, arch, seed, lr * 10 + (arch == "b") + seed / 100)
+                for lr in (0.1, 0.01, 0.001) for arch in "ab" for seed in (1, 2))]
+    roles = Roles(rows, {"lr", "arch", "seed", "data_seed", "run", "epochs"}, "err", over=())
+    assert roles.params == ["lr", "arch"] and roles.kind == {"lr": "num", "arch": "cat"}
+    assert roles.replicates == ["seed"] and roles.ids == ["run"] and roles.results == ["err"]
+    assert roles.constant == {"data_seed": 1, "epochs": 5}
+    assert Roles(rows, {"lr", "arch", "seed"}, "err", over=("arch",)).replicates == ["arch", "seed"]
+    groups = configurations(rows, roles.params)
+    assert len(groups) == 6 and all(len(g) == 2 for g in groups)
+    points = [({"lr": rows[g[0]]["lr"], "arch": rows[g[0]]["arch"]}, summary(rows, g, "err")[0]) for g in groups]
+    method, shares = importance(points, roles.kind)
+    assert abs(sum(shares.values()) - 1) < 1e-9 and shares["arch"] > shares["lr"] > 0, (method, shares)
+
+
+def test_over_names_a_key_of_the_jobs(sweep, tmp_path):
+    out = run_cli("report", sweep, "-o", tmp_path / "r.html", "--over", "nope")
+    assert out.returncode == 2 and "--over nope" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    write_report(sweep, tmp_path / "r.html", "--over", "arch")
+    text = (tmp_path / "r.html").read_text()
+    assert "data-param='arch'" not in text and "data-param='lr'" in text
