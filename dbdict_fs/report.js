@@ -49,7 +49,7 @@ if(g[4])t+=(g[1]!==null?'; ':'')+g[4]+' of '+g[0].length+' diverged';return t+'\
 function rowText(r){return paramsText(r)+'\n'+D.metric+' = '+fmt(rows[r][D.metricCol])+'\n'+rows[r][0];}
 
 // ---------------------------------------------------------------- one panel per parameter
-var TOP=28;  // the strip above the plot area where diverged runs are drawn
+var TOP=rows.some(function(r){return bad(r[D.metricCol]);})?28:4;  // a strip above the plot area for diverged runs
 function paramPanel(fig,p){var W=360,H=250,G={l:52,t:TOP+8,r:350,b:H-36},groups=D.groups,pts=[],whisk=[],ups=[];
 var xv=function(g){return rows[g[0][0]][p.col];};
 var sy=scale([].concat.apply([],groups.map(function(g){return [g[2],g[3]];})),false,G.b,G.t,0.05),sx,xs,o;
