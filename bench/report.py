@@ -29,10 +29,12 @@ from query import best  # noqa: E402  (one timing helper for the benches)
 BASELINE = "5619464"  # the report before issue 21 (svgplot.py, no panels per category)
 
 
-def write_tree(tree, n, steps=20):
-    """n finished jobs, each with a committed history; every 50th failed, every 97th NaN."""
+def write_tree(tree, n, steps=20, distinct=False):
+    """n finished jobs, each with a committed history; every 50th failed, every 97th NaN.
+    A grid of 30 configurations over seeds, or with `distinct` a random search's shape:
+    every job its own lr (10k points in each panel, 10k lines in the parallel plot)."""
     for i in range(n):
-        lr = [0.1, 0.03, 0.01, 0.003, 0.001][i % 5]
+        lr = 10 ** (-4 + 3 * ((i * 0.6180339887) % 1)) if distinct else [0.1, 0.03, 0.01, 0.003, 0.001][i % 5]
         config = {"lr": lr, "seed": i // 10, "width": [64, 128, 256][i % 3], "epochs": steps,
                   "model": {"arch": ["resnet", "mlp"][i % 2]}}
         base = 0.1 + (i % 7) / 50
@@ -70,6 +72,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000,10000", help="comma-separated job counts")
     parser.add_argument("--repeat", type=int, default=3, help="best of N runs (default 3)")
+    parser.add_argument("--distinct", action="store_true", help="every job a configuration of its own")
     parser.add_argument("--baseline", default=BASELINE, metavar="REV", help=f"the older report's commit ({BASELINE})")
     args = parser.parse_args()
     cli = [sys.executable, "-c", "import sys; from dbdict_fs.cli import main; sys.exit(main())"]
@@ -85,7 +88,7 @@ def main():
                    "sys.exit(main())"]
         tree, html, old_html = (os.path.join(base, name) for name in ("tree", "sweep.html", "was.html"))
         try:
-            write_tree(tree, n)
+            write_tree(tree, n, distinct=args.distinct)
             query = best(cli + ["query", tree, "--format", "json", "--no-cache"], args.repeat, env)
             report = best(cli + ["report", tree, "-o", html, "--metric", "valid_err", "--no-cache", "-q"],
                           args.repeat, env)
