@@ -153,21 +153,22 @@ class Page:
                 "metricCol": col.get(metric), "params": params, "watch": watch,
                 "rows": [[_rel(self.tree, r.get(c)) if c == "dbdict.path" else _json_value(r.get(c))
                           for c in self.columns] for r in rows],
+                # a configuration: [its row numbers, mean, min, max, how many diverged]
                 "groups": [[g, s[0], s[1], s[2], s[4]] for g, s in zip(self.groups, self.stats)]}
         if metric and self.histories_of is not None and self.best:
             shown = [self.groups[j] for j in self.best]
             pruned = [[i] for i, r in enumerate(rows) if r.get("dbdict.status") == "pruned"][:MAX_PRUNED_CURVES]
-            labels = _labels(rows, shown + pruned, roles.params)
+            curves = zip(_labels(rows, shown + pruned, roles.params), shown + pruned,
+                         _curves(rows, shown + pruned, metric, self.histories_of))
             data["curves"] = [{"label": label, "rows": g, "pruned": k >= len(shown), "pts": pts}
-                              for k, (label, g, pts) in enumerate(zip(labels, shown + pruned,
-                                                                      _curves(rows, shown + pruned, metric,
-                                                                              self.histories_of))) if pts]
+                              for k, (label, g, pts) in enumerate(curves) if pts]
         searches = {}
         for i, r in enumerate(rows):
             if r.get("dbdict.search") is not None and finite(r.get("dbdict.trial")) is not None:
                 searches.setdefault(str(r["dbdict.search"]), []).append(
                     [r["dbdict.trial"], _json_value(r.get(metric)), i, r.get("dbdict.status")])
-        data["searches"] = [{"name": n, "trials": sorted(t)} for n, t in sorted(searches.items())]
+        data["searches"] = [{"name": n, "trials": sorted(t, key=lambda trial: trial[0])}
+                            for n, t in sorted(searches.items())]
         return data
 
     def header(self, title):
@@ -196,7 +197,8 @@ class Page:
             counts[r.get("dbdict.status") or "?"] = counts.get(r.get("dbdict.status") or "?", 0) + 1
         out = ["<section id=status><h2>Status</h2><div class=counts>"]
         for st in sorted(counts, key=lambda s: (STATUS_ORDER.index(s) if s in STATUS_ORDER else 99, s)):
-            out.append(f"<div class='count st-{html.escape(st)}'><b>{counts[st]}</b><span>{html.escape(st)}</span></div>")
+            out.append(f"<div class='count st-{html.escape(st)}'><b>{counts[st]}</b>"
+                       f"<span>{html.escape(st)}</span></div>")
         if self.diverged:
             out.append(f"<div class='count st-diverged' id=diverged-count><b>{len(self.diverged)}</b>"
                        f"<span>diverged</span></div>")
@@ -212,7 +214,8 @@ class Page:
         for j in self.best:
             g, (mean, lo, hi, n, bad) = self.groups[j], self.stats[j]
             first = self.rows[g[0]]
-            cells = [_fmt(mean)] + ([f"{n}" + (f" (+{bad} diverged)" if bad else ""), _fmt(lo), _fmt(hi)] if reps else [])
+            runs = f"{n}" + (f" (+{bad} diverged)" if bad else "")
+            cells = [_fmt(mean)] + ([runs, _fmt(lo), _fmt(hi)] if reps else [])
             cells += [_fmt(first.get(k)) for k in params]
             link = _rel(self.tree, first.get("dbdict.path"))
             body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
@@ -253,9 +256,11 @@ class Page:
         if any(r.get("dbdict.search") is not None for r in self.rows):
             out.append("<section id=searches><h2>Searches</h2><div>")
             for name in sorted({str(r["dbdict.search"]) for r in self.rows if r.get("dbdict.search") is not None}):
-                out.append(f"<figure class='plot wide' data-plot=best-so-far data-search='{html.escape(name, quote=True)}'>"
+                out.append("<figure class='plot wide' data-plot=best-so-far "
+                           f"data-search='{html.escape(name, quote=True)}'>"
                            f"<figcaption>search <b>{html.escape(name)}</b>: best {html.escape(metric)} so far "
-                           "against the trial number (pruned trials pale orange)</figcaption><div class=svg></div></figure>")
+                           "against the trial number (pruned trials pale orange)</figcaption>"
+                           "<div class=svg></div></figure>")
             out.append("</div></section>")
         return "".join(out)
 
@@ -293,9 +298,11 @@ class Page:
         if not failed:
             return ""
         cols = ["dbdict.path", "dbdict.error", "dbdict.host", "dbdict.attempts"]
-        body = ["<tr>" + "".join(f"<td>{html.escape(_fmt(_rel(self.tree, r.get(c)) if c == 'dbdict.path' else r.get(c)))}</td>"
+        cell = (lambda r, c: _rel(self.tree, r.get(c)) if c == "dbdict.path" else r.get(c))  # noqa: E731
+        body = ["<tr>" + "".join(f"<td>{html.escape(_fmt(cell(r, c)))}</td>"
                                  for c in cols) + "</tr>" for r in failed]
-        return f"<section id=failed><h2>Failed jobs ({len(failed)})</h2>" + _table(map(_short, cols), body) + "</section>"
+        return (f"<section id=failed><h2>Failed jobs ({len(failed)})</h2>" + _table(map(_short, cols), body)
+                + "</section>")
 
     def jobs_table(self):
         heads = "".join(f"<th data-col={i}>{html.escape(_short(c))}</th>" for i, c in enumerate(self.columns))
@@ -337,8 +344,8 @@ def build(rows, *, tree, metric=None, maximize=False, top=10, title=None, histor
         "<meta name=viewport content='width=device-width, initial-scale=1'>"
         f"<title>{html.escape(title)}</title><style>", _asset("report.css"), "</style></head><body>",
         # a copy of this page loaded by the open one (report.js, watch) says its version and stops
-        f"<script>var STAMP='{stamp}';if(window.parent!==window&&window.name==='dbdict-watch'){{window.parent.postMessage("
-        "{dbdictStamp:STAMP},'*');window.stop();}</script>",
+        f"<script>var STAMP='{stamp}';if(window.parent!==window&&window.name==='dbdict-watch')"
+        "{window.parent.postMessage({dbdictStamp:STAMP},'*');window.stop();}</script>",
         f"<p class='sub written'>written {html.escape(time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime()))}"
         + (f", rewritten every {watch:g}s while <code>dbdict report --watch</code> runs; this page reloads itself"
            if watch else "") + "</p>", body])

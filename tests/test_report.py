@@ -85,8 +85,8 @@ def test_report_as_a_person_sees_it(sweep, tmp_path, chrome):
     assert re.search(r"11\s+done", text) and re.search(r"1\s+failed", text)
     assert text.count("RuntimeError: diverged: loss is nan") == 1  # the failed job's last error line
     assert len(chrome.find_all("#best tbody tr")) == 4
-    assert chrome.js("return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
-                     "") == [chrome.js("return document.documentElement.clientWidth")] * 2  # no sideways scroll
+    wide, window = chrome.js("return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+    assert wide <= window <= 1200  # no sideways scroll at 1,200 px
 
     # a panel per parameter: lr numeric (log), arch with its two categories; seed, id, constants none
     assert sorted(texts(chrome, "figure[data-param] figcaption b")) == ["arch", "lr"]
@@ -105,11 +105,9 @@ def test_report_as_a_person_sees_it(sweep, tmp_path, chrome):
     # diverged runs: counted, drawn at the top edge, listed with their parameters
     assert chrome.js("return document.getElementById('diverged-count').innerText").split() == ["2", "diverged"]
     assert len(chrome.find_all("figure[data-param=lr] path.diverged")) == 1  # lr=0.1, vgg: both seeds
-    listed = [tr.split("\t") for tr in texts(chrome, "#diverged tbody tr")]
-    assert len(listed) == 2
     listed = chrome.js("return Array.from(document.querySelectorAll('#diverged tbody tr')).map("
                        "function(tr){return tr.innerText})")
-    assert all("vgg" in row and "0.1" in row and "nan" in row.lower() for row in listed), listed
+    assert len(listed) == 2 and all("vgg" in row and "0.1" in row and "nan" in row.lower() for row in listed), listed
 
     # learning curves are named by what differs between them, never by a hash
     labels = chrome.js("return Array.from(document.querySelectorAll('figure[data-plot=curves] g.series'))"
@@ -142,7 +140,7 @@ def test_report_as_a_person_sees_it(sweep, tmp_path, chrome):
     axis = texts(chrome, "figure[data-plot=parallel] g.axis text[font-weight=bold]").index("lr")
     ax = chrome.js(f"return +document.querySelectorAll('figure[data-plot=parallel] g.axis line')[{axis}]"
                    ".getAttribute('x1')")
-    start, end = chrome.js(AT, "figure[data-plot=parallel]", ax, 20), chrome.js(AT, "figure[data-plot=parallel]", ax, 100)
+    start, end = (chrome.js(AT, "figure[data-plot=parallel]", ax, y) for y in (20, 100))
     chrome.mouse(("move", *start), ("down",), ("move", *end), ("up",))
     lrs, _ = wait_for(lambda: (lambda c: c if len(c[0]) < 12 else None)(column(chrome, "lr")), what="brushing")
     assert lrs and set(lrs) == {"0.1"}, lrs
@@ -236,8 +234,9 @@ def test_watch_rewrites_the_file_and_the_open_page_follows(sweep, tmp_path, chro
         ready = wait_for(lambda: chrome.js("var r=document.querySelector('.st-ready b');return r&&r.textContent"),
                          timeout=60, what="the page showing the requeued job")
         assert ready == "1"
-        assert chrome.js("return [document.getElementById('filter').value, "
-                         "document.getElementById('shown').textContent, Math.round(scrollY)]") == ["resnet", "6 of 12 jobs", 400]
+        kept = chrome.js("return [document.getElementById('filter').value, "
+                         "document.getElementById('shown').textContent, Math.round(scrollY)]")
+        assert kept == ["resnet", "6 of 12 jobs", 400]  # the filter and the scroll survived the reload
         assert [e for e in chrome.console() if e.get("level") in ("SEVERE", "WARNING")] == []
         assert all(e["name"].startswith("file:") for e in
                    chrome.js("return performance.getEntriesByType('resource').map(function(e){return {name:e.name}})"))
