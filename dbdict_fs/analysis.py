@@ -13,6 +13,7 @@ import math
 
 BOOK = "dbdict."
 MIN_ID_JOBS = 5
+FANOVA_POINTS = 500  # fANOVA sees an even sample of at most this many configurations
 
 
 def finite(value):
@@ -87,7 +88,8 @@ def importance(points, kinds):
     """{param: share} summing to 1: how much of the metric's variance each parameter explains.
 
     `points` are (values by param, metric) of configurations with a finite metric. Optuna's
-    fANOVA when optuna (the `[search]` extra) is importable; otherwise the first-order
+    fANOVA when optuna (the `[search]` extra) and scikit-learn are importable (on an even
+    sample of FANOVA_POINTS configurations at most); otherwise the first-order
     variance share of each parameter (its correlation ratio: the variance of the metric's
     mean per value, numbers binned by rank into 8 bins, over the metric's variance),
     normalised to sum to 1. The estimate sees main effects only: it does not split
@@ -121,6 +123,8 @@ def importance(points, kinds):
 def _fanova(points, kinds):
     import optuna
 
+    points = points[::-(-len(points) // FANOVA_POINTS)]  # its forest costs minutes at 10k points
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study on the report's stderr
     dist = optuna.distributions
     space = {}
     for key, kind in kinds.items():
@@ -136,7 +140,7 @@ def _fanova(points, kinds):
         study.add_trial(optuna.trial.create_trial(params=params, distributions=space, value=y))
     shares = optuna.importance.get_param_importances(
         study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
-    norm = sum(shares.values())
+    norm = float(sum(shares.values()))
     if not norm > 0:
         raise ValueError("no variance")
-    return {k: v / norm for k, v in shares.items()}
+    return {k: float(v) / norm for k, v in shares.items()}

@@ -12,6 +12,7 @@ import pytest
 
 import browser
 from dbdict_fs import create_jobs
+from dbdict_fs import analysis
 from dbdict_fs.analysis import Roles, configurations, importance, summary
 from fake_jobs import write_job
 
@@ -279,7 +280,17 @@ def test_a_search_shows_its_best_so_far_and_its_pruned_trials(tmp_path, chrome):
     assert [e for e in chrome.console() if e.get("level") in ("SEVERE", "WARNING")] == []
 
 
-def test_roles_of_keys_and_importance():
+def no_optuna(*args):
+    raise ImportError("No module named 'optuna'")
+
+
+@pytest.mark.parametrize("fanova", [False, True], ids=["estimate", "fanova"])
+def test_roles_of_keys_and_importance(fanova, monkeypatch):
+    if fanova:
+        pytest.importorskip("optuna")
+        pytest.importorskip("sklearn")
+    else:
+        monkeypatch.setattr(analysis, "_fanova", no_optuna)
     rows = [{"lr": lr, "arch": arch, "seed": seed, "data_seed": 1, "run": f"r{i}", "epochs": 5, "err": err}
             for i, (lr, arch, seed, err) in enumerate(
                 (lr, arch, seed, lr * 10 + (arch == "b") + seed / 100)
@@ -293,6 +304,7 @@ def test_roles_of_keys_and_importance():
     assert len(groups) == 6 and all(len(g) == 2 for g in groups)
     points = [({"lr": rows[g[0]]["lr"], "arch": rows[g[0]]["arch"]}, summary(rows, g, "err")[0]) for g in groups]
     method, shares = importance(points, roles.kind)
+    assert method == ("fANOVA (optuna)" if fanova else "variance share per parameter")
     assert abs(sum(shares.values()) - 1) < 1e-9 and shares["arch"] > shares["lr"] > 0, (method, shares)
 
 
