@@ -19,20 +19,21 @@ function f1(v){return v.toFixed(1);}
 function ticks(lo,hi,log){var t=[];if(log){for(var e=Math.floor(Math.log10(lo));e<=Math.ceil(Math.log10(hi));e++)t.push(Math.pow(10,e));return t;}
 if(hi===lo)return [lo];var raw=(hi-lo)/5,mag=Math.pow(10,Math.floor(Math.log10(raw))),step=mag;
 [1,2,2.5,5,10].some(function(m){step=m*mag;return step>=raw;});
-for(var v=Math.ceil(lo/step)*step;v<=hi+step*1e-9;v+=step)t.push(+v.toPrecision(12));return t;}
+for(var v=Math.ceil(lo/step)*step;v<=hi+step*1e-9;v+=step)t.push(+v.toPrecision(12));t.step=step;return t;}
 function scale(vals,log,a,b,pad){  // a function value -> pixel, with .ticks and .log
 var vs=vals.filter(function(v){return v!==null&&(!log||v>0);}).map(function(v){return log?Math.log10(v):v;});
 var lo=Math.min.apply(null,vs),hi=Math.max.apply(null,vs);if(!vs.length){lo=0;hi=1;}if(hi===lo){lo-=0.5;hi+=0.5;}
 var p=(hi-lo)*(pad||0);lo-=p;hi+=p;
 var f=function(v){return a+((log?Math.log10(v):v)-lo)/(hi-lo)*(b-a);};
 f.lo=log?Math.pow(10,lo):lo;f.hi=log?Math.pow(10,hi):hi;f.log=log;
-f.ticks=ticks(f.lo,f.hi,log).filter(function(t){return t>=f.lo*(1-1e-9)&&t<=f.hi*(1+1e-9);});return f;}
+var all=ticks(f.lo,f.hi,log);f.ticks=all.filter(function(t){return t>=f.lo*(1-1e-9)&&t<=f.hi*(1+1e-9);});
+f.label=function(t){return log||!all.step?tick(t):String(+t.toFixed(Math.max(0,Math.ceil(-Math.log10(all.step))+1)));};return f;}
 function tick(t){return String(+t.toPrecision(3));}
 // the frame of a plot: box, grid, tick labels, axis names; G the plot area {l,t,r,b}
 function frame(W,H,G,sx,sy,xlabel,ylabel){var o=['<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 '+W+' '+H+'" preserveAspectRatio="xMinYMin meet">',
 '<rect x='+G.l+' y='+G.t+' width='+(G.r-G.l)+' height='+(G.b-G.t)+' fill=none stroke="#bbb" />'];
-if(sx)sx.ticks.forEach(function(t){var x=f1(sx(t));o.push('<line x1='+x+' x2='+x+' y1='+G.t+' y2='+G.b+' stroke="#eee" /><text x='+x+' y='+(G.b+14)+' text-anchor=middle>'+tick(t)+'</text>');});
-sy.ticks.forEach(function(t){var y=f1(sy(t));o.push('<line x1='+G.l+' x2='+G.r+' y1='+y+' y2='+y+' stroke="#eee" /><text x='+(G.l-4)+' y='+(+y+4)+' text-anchor=end>'+tick(t)+'</text>');});
+if(sx)sx.ticks.forEach(function(t){var x=f1(sx(t));o.push('<line x1='+x+' x2='+x+' y1='+G.t+' y2='+G.b+' stroke="#eee" /><text x='+x+' y='+(G.b+14)+' text-anchor=middle>'+sx.label(t)+'</text>');});
+sy.ticks.forEach(function(t){var y=f1(sy(t));o.push('<line x1='+G.l+' x2='+G.r+' y1='+y+' y2='+y+' stroke="#eee" /><text x='+(G.l-4)+' y='+(+y+4)+' text-anchor=end>'+sy.label(t)+'</text>');});
 o.push('<text x='+f1((G.l+G.r)/2)+' y='+(H-4)+' text-anchor=middle>'+esc(xlabel)+(sx&&sx.log?' (log)':'')+'</text>');
 o.push('<text transform="translate(12 '+f1((G.t+G.b)/2)+') rotate(-90)" text-anchor=middle>'+esc(ylabel)+'</text>');return o;}
 function dots(pts,cls,color,size,hollow){if(!pts.length)return '';var d=pts.map(function(p){return 'M'+f1(p[0])+' '+f1(p[1])+'h0';}).join('');
@@ -83,11 +84,11 @@ var PC=null;  // {axes:[{name, y(group)->px}], ys:[[px per axis] per group], pas
 function parallel(fig){var W=960,H=300,G={t:36,b:H-30},axes=D.params.slice(),n=axes.length+1,gap=(W-120)/(n-1||1),groups=D.groups;
 var ax=[];axes.forEach(function(p,i){var x=60+i*gap,y;
 if(p.kind==='num'){var s=scale(groups.map(function(g){return num(rows[g[0][0]][p.col]);}),p.log,G.b,G.t,0.03);
-y=function(g){var v=num(rows[g[0][0]][p.col]);return v===null?G.t-14:s(v);};ax.push({name:p.key,x:x,y:y,ticks:s.ticks.map(function(t){return [s(t),tick(t)];})});}
+y=function(g){var v=num(rows[g[0][0]][p.col]);return v===null?G.t-14:s(v);};ax.push({name:p.key,x:x,y:y,ticks:s.ticks.map(function(t){return [s(t),s.label(t)];})});}
 else{var step=(G.b-G.t)/Math.max(1,p.cats.length-1);y=function(g){var i=p.cats.indexOf(fmt(rows[g[0][0]][p.col]));return p.cats.length>1?G.b-i*step:(G.t+G.b)/2;};
 ax.push({name:p.key,x:x,y:y,ticks:p.cats.map(function(c,i){return [p.cats.length>1?G.b-i*step:(G.t+G.b)/2,c.length>14?c.slice(0,13)+'\u2026':c];})});}});
 var ms=scale(groups.map(function(g){return g[1];}),false,G.b,G.t,0.03);
-ax.push({name:D.metric,x:60+(n-1)*gap,y:function(g){return g[1]===null?G.t-14:ms(g[1]);},ticks:ms.ticks.map(function(t){return [ms(t),tick(t)];}).concat(groups.some(function(g){return g[1]===null;})?[[G.t-14,'NaN']]:[])});
+ax.push({name:D.metric,x:60+(n-1)*gap,y:function(g){return g[1]===null?G.t-14:ms(g[1]);},ticks:ms.ticks.map(function(t){return [ms(t),ms.label(t)];}).concat(groups.some(function(g){return g[1]===null;})?[[G.t-14,'NaN']]:[])});
 var order=groups.map(function(g,k){return k;}).filter(function(k){return groups[k][1]!==null;}).sort(function(a,b){return (groups[a][1]-groups[b][1])*(D.maximize?-1:1);});
 var color=groups.map(function(g){return g[1]===null?'#d62728':null;});
 order.forEach(function(k,r){color[k]=RAMP[Math.floor(r*RAMP.length/order.length)];});
@@ -97,8 +98,9 @@ drawParallel();}
 function passes(k){for(var a in S.brush){var b=S.brush[a],y=PC.ys[k][a];if(y<b[0]||y>b[1])return false;}return true;}
 function drawParallel(){if(!PC)return;var o=['<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 '+PC.W+' '+PC.H+'">'],paths={},ax=PC.ax;
 PC.ys.forEach(function(ys,k){var c=passes(k)?PC.color[k]:'#ddd';paths[c]=(paths[c]||'')+'M'+ys.map(function(y,a){return f1(ax[a].x)+' '+f1(y);}).join('L');});
-Object.keys(paths).sort(function(a,b){return (a==='#ddd'?-1:0)-(b==='#ddd'?-1:0);}).forEach(function(c){
-o.push('<path class=lines data-color="'+c+'" d="'+paths[c]+'" stroke="'+c+'" stroke-opacity='+(c==='#ddd'?.6:.7)+' fill=none />');});
+var alpha=PC.ys.length>1000?.2:.7;  // filtered out under diverged under worst, the best on top
+['#ddd','#d62728'].concat(RAMP.slice().reverse()).forEach(function(c){if(paths[c])
+o.push('<path class=lines data-color="'+c+'" d="'+paths[c]+'" stroke="'+c+'" stroke-opacity='+(c==='#ddd'?.6:alpha)+' fill=none />');});
 ax.forEach(function(a,i){o.push('<g class=axis data-axis='+i+'><line x1='+a.x+' x2='+a.x+' y1='+PC.G.t+' y2='+PC.G.b+' stroke="#333" />'+
 a.ticks.map(function(t){return '<text x='+(a.x-5)+' y='+f1(t[0]+4)+' text-anchor=end>'+esc(t[1])+'</text>';}).join('')+
 '<text x='+a.x+' y='+(PC.H-8)+' text-anchor=middle font-weight=bold>'+esc(a.name)+'</text>'+
@@ -115,7 +117,7 @@ if(Math.abs(y-drag.y0)>2)S.brush[drag.axis]=[Math.min(y,drag.y0),Math.max(y,drag
 drag=null;drawParallel();view();});}
 
 // ---------------------------------------------------------------- curves and searches
-function curves(fig){var W=960,H=340,G={l:56,t:12,r:640,b:H-36},cs=D.curves,all=[];
+function curves(fig){var W=960,H=340,G={l:66,t:12,r:640,b:H-36},cs=D.curves,all=[];
 cs.forEach(function(c){c.pts.forEach(function(p){all.push(p);});});
 var sx=scale(all.map(function(p){return p[0];}),false,G.l,G.r),sy=scale([].concat.apply([],all.map(function(p){return [p[2],p[3]];})),false,G.b,G.t,0.05);
 var o=frame(W,H,G,sx,sy,'step',D.metric),pts=[],k=0;
