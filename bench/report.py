@@ -9,7 +9,7 @@ costs on top of reading the tree. Each job has a 20-step history of two metrics 
 and the report's curves read them); every 97th job diverged (NaN). Also prints each report's
 size and its load time in headless chromium (tests/browser.py: navigation start to the end
 of the load event, the inline script that draws the plots and the first 1000 table rows
-included), when chromium is installed.
+included; best of 5, the two reports loaded in turns), when chromium is installed.
 """
 
 import argparse
@@ -45,19 +45,22 @@ def write_tree(tree, n, steps=20, distinct=False):
                   error="RuntimeError: loss is nan" if failed else None, history=history)
 
 
-def load_time(path):
+def load_times(*paths, repeat=5):
+    """Best load time of each page and its table's row count, loading them in turns in one
+    browser (a loaded machine slows whole stretches of time: turns share them fairly)."""
     import browser
 
     if not browser.available():
         return None
+    times, rows = {p: [] for p in paths}, {}
     with browser.Browser() as b:
-        times = []
-        for _ in range(3):
-            b.get("about:blank")
-            b.get("file://" + os.path.abspath(path))  # returns once the load event fired
-            times.append(b.js("var t=performance.timing; return t.loadEventEnd-t.navigationStart") / 1000)
-            rows = b.js("return document.querySelectorAll('#alljobs tbody tr').length")
-        return min(times), rows
+        for _ in range(repeat):
+            for path in paths:
+                b.get("about:blank")
+                b.get("file://" + os.path.abspath(path))  # returns once the load event fired
+                times[path].append(b.js("var t=performance.timing; return t.loadEventEnd-t.navigationStart") / 1000)
+                rows[path] = b.js("return document.querySelectorAll('#alljobs tbody tr').length")
+    return [(min(times[p]), rows[p]) for p in paths]
 
 
 def baseline_code(rev, into):
@@ -99,7 +102,7 @@ def main():
             curve = best(cli + ["plot", tree, "--curve", "valid_err", "--by", "lr", "-o",
                                 os.path.join(base, "c.png"), "--no-cache"], args.repeat, env)
             size, old_size = os.path.getsize(html), os.path.getsize(old_html)
-            loaded, old_loaded = load_time(html), load_time(old_html)
+            loaded, old_loaded = load_times(html, old_html) or (None, None)
             if loaded and loaded[1] != min(n, 1000):
                 sys.exit(f"the report shows {loaded[1]} rows, not {min(n, 1000)} (its first page)")
             load = f"{loaded[0]:>5.2f}s {old_loaded[0]:>5.2f}s {loaded[0] / old_loaded[0]:>5.2f}" if loaded else "n/a"

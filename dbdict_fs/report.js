@@ -1,6 +1,6 @@
 // dbdict report: draws the plots (inline SVG) and the job table from the JSON block #data.
 // No library, no network. Points are drawn as one <path> per kind (cheap at 10k jobs);
-// hover and click find the nearest point in fig._pts ([x, y, rows, text] in SVG units).
+// hover and click find the nearest point in fig._pts ([x, y, rows, text()] in SVG units).
 (function(){
 var D=JSON.parse(document.getElementById('data').textContent),rows=D.rows,NROWS=rows.length;
 var COLORS=['#1f77b4','#ff7f0e','#2ca02c','#d62728','#9467bd','#8c564b','#e377c2','#7f7f7f','#bcbd22','#17becf'];
@@ -14,6 +14,7 @@ function bad(v){return v==='NaN'||v==='Infinity'||v==='-Infinity';}
 function fmt(v){if(v===null||v===undefined)return '';if(typeof v==='number'&&!Number.isInteger(v))return String(+v.toPrecision(5));
 if(typeof v==='object')return JSON.stringify(v);return String(v);}
 function f1(v){return v.toFixed(1);}
+function pathOf(ps){return 'M'+ps.map(function(q){return f1(q[0])+' '+f1(q[1]);}).join('L');}
 
 // ---------------------------------------------------------------- scales and frames
 function ticks(lo,hi,log){var t=[];if(log){for(var e=Math.floor(Math.log10(lo));e<=Math.ceil(Math.log10(hi));e++)t.push(Math.pow(10,e));return t;}
@@ -32,8 +33,10 @@ function tick(t){return String(+t.toPrecision(3));}
 // the frame of a plot: box, grid, tick labels, axis names; G the plot area {l,t,r,b}
 function frame(W,H,G,sx,sy,xlabel,ylabel){var o=['<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 '+W+' '+H+'" preserveAspectRatio="xMinYMin meet">',
 '<rect x='+G.l+' y='+G.t+' width='+(G.r-G.l)+' height='+(G.b-G.t)+' fill=none stroke="#bbb" />'];
-if(sx)sx.ticks.forEach(function(t){var x=f1(sx(t));o.push('<line x1='+x+' x2='+x+' y1='+G.t+' y2='+G.b+' stroke="#eee" /><text x='+x+' y='+(G.b+14)+' text-anchor=middle>'+sx.label(t)+'</text>');});
-sy.ticks.forEach(function(t){var y=f1(sy(t));o.push('<line x1='+G.l+' x2='+G.r+' y1='+y+' y2='+y+' stroke="#eee" /><text x='+(G.l-4)+' y='+(+y+4)+' text-anchor=end>'+sy.label(t)+'</text>');});
+if(sx)sx.ticks.forEach(function(t){var x=f1(sx(t));
+o.push('<line x1='+x+' x2='+x+' y1='+G.t+' y2='+G.b+' stroke="#eee" /><text x='+x+' y='+(G.b+14)+' text-anchor=middle>'+sx.label(t)+'</text>');});
+sy.ticks.forEach(function(t){var y=f1(sy(t));
+o.push('<line x1='+G.l+' x2='+G.r+' y1='+y+' y2='+y+' stroke="#eee" /><text x='+(G.l-4)+' y='+(+y+4)+' text-anchor=end>'+sy.label(t)+'</text>');});
 o.push('<text x='+f1((G.l+G.r)/2)+' y='+(H-4)+' text-anchor=middle>'+esc(xlabel)+(sx&&sx.log?' (log)':'')+'</text>');
 o.push('<text transform="translate(12 '+f1((G.t+G.b)/2)+') rotate(-90)" text-anchor=middle>'+esc(ylabel)+'</text>');return o;}
 function dots(pts,cls,color,size,hollow){if(!pts.length)return '';var d=pts.map(function(p){return 'M'+f1(p[0])+' '+f1(p[1])+'h0';}).join('');
@@ -62,13 +65,15 @@ o.push('<text class=cat x='+f1(x)+' y='+(G.b+14)+' text-anchor=middle>'+(c.lengt
 o.push('<text x='+f1((G.l+G.r)/2)+' y='+(H-4)+' text-anchor=middle>'+esc(p.key)+'</text>');}
 var bycat={};
 groups.forEach(function(g,k){var x=xs(g,k);if(x===null)return;
-if(g[1]!==null){pts.push([x,sy(g[1]),g[0],groupText(g)]);if(g[3]!==g[2])whisk.push('M'+f1(x)+' '+f1(sy(g[2]))+'V'+f1(sy(g[3])));
+var say=function(){return groupText(g);};
+if(g[1]!==null){pts.push([x,sy(g[1]),g[0],say]);if(g[3]!==g[2])whisk.push('M'+f1(x)+' '+f1(sy(g[2]))+'V'+f1(sy(g[3])));
 var key=p.kind==='num'?num(xv(g)):fmt(xv(g));(bycat[key]=bycat[key]||[]).push(g[1]);}
-if(g[4])ups.push([x,TOP-8,g[0],groupText(g)]);});
+if(g[4])ups.push([x,TOP-8,g[0],say]);});
 if(p.kind==='num'){var line=Object.keys(bycat).map(Number).sort(function(a,b){return a-b;}).map(function(x){var m=bycat[x];
 return [sx(x),sy(m.reduce(function(a,b){return a+b;},0)/m.length)];});
 // the mean per value, where configurations share values (a grid), not through a random search's scatter
-if(line.length>1&&line.length<pts.length)o.push('<g class=series data-label=mean><path d="M'+line.map(function(q){return f1(q[0])+' '+f1(q[1]);}).join('L')+'" stroke="#1f77b4" stroke-width=1.5 fill=none /></g>');}
+if(line.length>1&&line.length<pts.length)
+o.push('<g class=series data-label=mean><path d="'+pathOf(line)+'" stroke="#1f77b4" stroke-width=1.5 fill=none /></g>');}
 else p.cats.forEach(function(c,i){var m=(bycat[c]||[]).slice().sort(function(a,b){return a-b;});if(!m.length)return;
 var q=function(f){return m[Math.min(m.length-1,Math.floor(f*(m.length-1)+0.5))];},x=G.l+band*(i+0.5),w=band*0.6;
 o.push('<g class=box data-cat="'+esc(c)+'"><path d="M'+f1(x)+' '+f1(sy(m[0]))+'V'+f1(sy(q(.25)))+'M'+f1(x)+' '+f1(sy(q(.75)))+'V'+f1(sy(m[m.length-1]))+'" stroke="#888" />'+
@@ -88,12 +93,12 @@ y=function(g){var v=num(rows[g[0][0]][p.col]);return v===null?G.t-14:s(v);};ax.p
 else{var step=(G.b-G.t)/Math.max(1,p.cats.length-1);y=function(g){var i=p.cats.indexOf(fmt(rows[g[0][0]][p.col]));return p.cats.length>1?G.b-i*step:(G.t+G.b)/2;};
 ax.push({name:p.key,x:x,y:y,ticks:p.cats.map(function(c,i){return [p.cats.length>1?G.b-i*step:(G.t+G.b)/2,c.length>14?c.slice(0,13)+'\u2026':c];})});}});
 var ms=scale(groups.map(function(g){return g[1];}),false,G.b,G.t,0.03);
-ax.push({name:D.metric,x:60+(n-1)*gap,y:function(g){return g[1]===null?G.t-14:ms(g[1]);},ticks:ms.ticks.map(function(t){return [ms(t),ms.label(t)];}).concat(groups.some(function(g){return g[1]===null;})?[[G.t-14,'NaN']]:[])});
+ax.push({name:D.metric,x:60+(n-1)*gap,y:function(g){return g[1]===null?G.t-14:ms(g[1]);},
+ticks:ms.ticks.map(function(t){return [ms(t),ms.label(t)];}).concat(groups.some(function(g){return g[1]===null;})?[[G.t-14,'NaN']]:[])});
 var order=groups.map(function(g,k){return k;}).filter(function(k){return groups[k][1]!==null;}).sort(function(a,b){return (groups[a][1]-groups[b][1])*(D.maximize?-1:1);});
 var color=groups.map(function(g){return g[1]===null?'#d62728':null;});
 order.forEach(function(k,r){color[k]=RAMP[Math.floor(r*RAMP.length/order.length)];});
 PC={fig:fig,W:W,H:H,G:G,ax:ax,color:color,ys:groups.map(function(g){return ax.map(function(a){return a.y(g);});})};
-fig._pts=[];PC.ys.forEach(function(ys,k){fig._pts.push([ax[n-1].x,ys[n-1],groups[k][0],groupText(groups[k])]);});
 drawParallel();}
 function passes(k){for(var a in S.brush){var b=S.brush[a],y=PC.ys[k][a];if(y<b[0]||y>b[1])return false;}return true;}
 function drawParallel(){if(!PC)return;var o=['<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 '+PC.W+' '+PC.H+'">'],paths={},ax=PC.ax;
@@ -126,22 +131,29 @@ o.push('<g class="series'+(c.pruned?' pruned':'')+'" data-label="'+esc(c.label)+
 if(c.pts.some(function(p){return p[2]!==p[3];}))o.push('<polygon points="'+c.pts.map(function(p){return f1(sx(p[0]))+','+f1(sy(p[3]));}).join(' ')+' '+
 c.pts.slice().reverse().map(function(p){return f1(sx(p[0]))+','+f1(sy(p[2]));}).join(' ')+'" fill="'+col+'" fill-opacity=.12 />');
 o.push('<path d="M'+d+'" stroke="'+col+'" stroke-width='+(c.pruned?1:1.8)+(c.pruned?' stroke-dasharray="4 3"':'')+' fill=none /></g>');
-c.pts.forEach(function(p){pts.push([sx(p[0]),sy(p[1]),c.rows,c.label+(c.pruned?' (pruned)':'')+'\nstep '+fmt(p[0])+': '+D.metric+' = '+fmt(p[1])]);});
-if(i<16){var y=G.t+10+i*18;o.push('<g class=legend data-rows="'+c.rows.join(' ')+'" style="cursor:pointer"><line x1='+(G.r+12)+' x2='+(G.r+32)+' y1='+y+' y2='+y+' stroke="'+col+'" stroke-width=2'+
-(c.pruned?' stroke-dasharray="4 3"':'')+' /><text x='+(G.r+36)+' y='+(y+4)+'>'+esc((c.label.length>48?c.label.slice(0,47)+'\u2026':c.label)+(c.pruned?' (pruned)':''))+'<title>'+esc(c.label)+'</title></text></g>');}});
+c.pts.forEach(function(p){pts.push([sx(p[0]),sy(p[1]),c.rows,function(){
+return c.label+(c.pruned?' (pruned)':'')+'\nstep '+fmt(p[0])+': '+D.metric+' = '+fmt(p[1]);}]);});
+if(i<16){var y=G.t+10+i*18;
+o.push('<g class=legend data-rows="'+c.rows.join(' ')+'" style="cursor:pointer"><line x1='+(G.r+12)+' x2='+(G.r+32)+' y1='+y+' y2='+y+' stroke="'+col+'" stroke-width=2'+
+(c.pruned?' stroke-dasharray="4 3"':'')+' /><text x='+(G.r+36)+' y='+(y+4)+'>'+esc((c.label.length>48?c.label.slice(0,47)+'\u2026':c.label)+(c.pruned?' (pruned)':''))+
+'<title>'+esc(c.label)+'</title></text></g>');}});
 if(cs.length>16)o.push('<text x='+(G.r+12)+' y='+(G.t+10+16*18)+'>and '+(cs.length-16)+' more</text>');
 fig._pts=pts;return o.join('')+'</svg>';}
 function bestSoFar(fig,s){var W=960,H=280,G={l:56,t:TOP+8,r:770,b:H-36},t=s.trials,sign=D.maximize?-1:1;
 var sx=scale(t.map(function(q){return q[0];}),false,G.l,G.r,0.02),sy=scale(t.map(function(q){return num(q[1]);}),false,G.b,G.t,0.05);
 var o=frame(W,H,G,sx,sy,'trial',D.metric),done=[],pruned=[],other=[],ups=[],line=[],best=null;
 t.forEach(function(q){var v=num(q[1]),x=sx(q[0]),p;
-if(v===null){if(bad(q[1]))ups.push([x,TOP-8,[q[2]],rowText(q[2])+' (diverged)']);return;}
-p=[x,sy(v),[q[2]],rowText(q[2])+'\n'+q[3]];(q[3]==='done'?done:q[3]==='pruned'?pruned:other).push(p);
+var say=function(){return rowText(q[2])+'\n'+q[3]+(v===null?' (diverged)':'');};
+if(v===null){if(bad(q[1]))ups.push([x,TOP-8,[q[2]],say]);return;}
+p=[x,sy(v),[q[2]],say];(q[3]==='done'?done:q[3]==='pruned'?pruned:other).push(p);
 if(q[3]==='done'&&(best===null||sign*v<sign*best)){if(best!==null)line.push([x,sy(best)]);best=v;line.push([x,sy(v)]);}});
-if(line.length){line.push([G.r,line[line.length-1][1]]);o.push('<g class=series data-label="best so far"><path d="M'+line.map(function(q){return f1(q[0])+' '+f1(q[1]);}).join('L')+'" stroke="#2ca02c" stroke-width=2 fill=none /></g>');}
+if(line.length){line.push([G.r,line[line.length-1][1]]);
+o.push('<g class=series data-label="best so far"><path d="'+pathOf(line)+'" stroke="#2ca02c" stroke-width=2 fill=none /></g>');}
 o.push(dots(other,'other','#999',5),dots(done,'done','#1f77b4',6),dots(pruned,'pruned','#ff7f0e',6,true),crosses(ups,'diverged'));
-var ly=G.t+8;[['#2ca02c','best so far ('+(best===null?'none':fmt(best))+')'],['#1f77b4',done.length+' done'],['#ff7f0e',pruned.length+' pruned'],['#d62728',ups.length+' diverged']].forEach(function(l,i){
-o.push('<line x1='+(G.r+10)+' x2='+(G.r+24)+' y1='+(ly+i*18)+' y2='+(ly+i*18)+' stroke="'+l[0]+'" stroke-width=3 /><text class=legend x='+(G.r+28)+' y='+(ly+i*18+4)+'>'+esc(l[1])+'</text>');});
+var ly=G.t+8;[['#2ca02c','best so far ('+(best===null?'none':fmt(best))+')'],
+['#1f77b4',done.length+' done'],['#ff7f0e',pruned.length+' pruned'],['#d62728',ups.length+' diverged']].forEach(function(l,i){
+o.push('<line x1='+(G.r+10)+' x2='+(G.r+24)+' y1='+(ly+i*18)+' y2='+(ly+i*18)+' stroke="'+l[0]+'" stroke-width=3 />'+
+'<text class=legend x='+(G.r+28)+' y='+(ly+i*18+4)+'>'+esc(l[1])+'</text>');});
 fig._pts=done.concat(pruned,other,ups);return o.join('')+'</svg>';}
 
 // ---------------------------------------------------------------- hover and click
@@ -151,7 +163,7 @@ function nearest(fig,e){var svg=fig.querySelector('svg');if(!svg||!fig._pts)retu
 fig._pts.forEach(function(p){var d=(p[0]-xy[0])*(p[0]-xy[0])+(p[1]-xy[1])*(p[1]-xy[1]);if(d<d0){d0=d;best=p;}});return best;}
 document.querySelectorAll('figure.plot').forEach(function(fig){if(fig.dataset.plot==='parallel')return;
 fig.addEventListener('mousemove',function(e){var p=nearest(fig,e);if(!p){tip.style.display='none';return;}
-tip.textContent=p[3];tip.style.display='block';tip.style.left=Math.min(e.clientX+14,window.innerWidth-tip.offsetWidth-8)+'px';tip.style.top=(e.clientY+14)+'px';});
+tip.textContent=p[3]();tip.style.display='block';tip.style.left=Math.min(e.clientX+14,window.innerWidth-tip.offsetWidth-8)+'px';tip.style.top=(e.clientY+14)+'px';});
 fig.addEventListener('mouseleave',function(){tip.style.display='none';});
 fig.addEventListener('click',function(e){var l=e.target.closest&&e.target.closest('.legend');
 if(l&&l.dataset.rows){goRow(l.dataset.rows.split(' ').map(Number));return;}var p=nearest(fig,e);if(p)goRow(p[2]);});});
@@ -197,7 +209,8 @@ var saved=restore();
 D.params.forEach(function(p){var fig=document.querySelector('figure[data-param="'+CSS.escape(p.key)+'"]');if(fig)fig.querySelector('.svg').innerHTML=paramPanel(fig,p);});
 var pf=document.querySelector('figure[data-plot=parallel]');if(pf){parallel(pf);brushing();}
 var cf=document.querySelector('figure[data-plot=curves]');if(cf&&D.curves&&D.curves.length)cf.querySelector('.svg').innerHTML=curves(cf);
-D.searches.forEach(function(s){var f=document.querySelector('figure[data-plot=best-so-far][data-search="'+CSS.escape(s.name)+'"]');if(f)f.querySelector('.svg').innerHTML=bestSoFar(f,s);});
+D.searches.forEach(function(s){var f=document.querySelector('figure[data-plot=best-so-far][data-search="'+CSS.escape(s.name)+'"]');
+if(f)f.querySelector('.svg').innerHTML=bestSoFar(f,s);});
 view();
 if(saved)window.scrollTo(saved.x,saved.y);
 if(D.watch>0)watch();

@@ -123,7 +123,7 @@ class Page:
                 raise UsageError(f"--over {key}: no job has it")
         self.metric = metric
         self.roles = roles = Roles(rows, config_keys, metric, over)
-        book = [c for c in SEARCH_BOOK if any(c in r for r in rows)] + list(SHOWN_BOOK)
+        book = [c for c in SEARCH_BOOK if any(r.get(c) is not None for r in rows)] + list(SHOWN_BOOK)
         self.columns = list(dict.fromkeys(["dbdict.path"] + roles.params + roles.replicates + roles.ids
                                           + [k for k in roles.results if k != metric]
                                           + ([metric] if metric else []) + book))

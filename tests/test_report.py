@@ -63,7 +63,7 @@ def column(chrome, name):
 # where a plot's point i is on the screen (after scrolling it into view), and what it stands for
 POINT = """var f=document.querySelector(arguments[0]);f.scrollIntoView({block:'center'});
 var s=f.querySelector('svg'),r=s.getBoundingClientRect(),vb=s.viewBox.baseVal,p=f._pts[arguments[1]];
-return [r.left+p[0]*r.width/vb.width, r.top+p[1]*r.height/vb.height, p[3]];"""
+return [r.left+p[0]*r.width/vb.width, r.top+p[1]*r.height/vb.height, p[3]()];"""
 # where, on the screen, SVG coordinates (x, y) of a figure's plot are
 AT = """var s=document.querySelector(arguments[0]+' svg'),r=s.getBoundingClientRect(),vb=s.viewBox.baseVal;
 return [r.left+arguments[1]*r.width/vb.width, r.top+arguments[2]*r.height/vb.height];"""
