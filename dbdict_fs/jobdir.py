@@ -26,7 +26,7 @@ TMP_PREFIX = ".tmp."  # anything being written; swept when unchanged for a lease
 TRANSIENT_PREFIXES = (TOKEN_PREFIX, TMP_PREFIX)
 ATTEMPT_HEADER = "==== dbdict attempt "  # each attempt's first line in stdout and stderr
 
-STATUSES = ("ready", "running", "done", "failed", "canceled")
+STATUSES = ("ready", "running", "done", "failed", "canceled", "pruned")  # pruned: DESIGN.md 11
 # Statuses the index and status commands derive; they are never written to a state file.
 DERIVED_STATUSES = ("booked", "stale", "corrupt")
 

@@ -1,7 +1,7 @@
 """`dbdict plot`: a metric against a parameter, or learning curves, as PNG or SVG (matplotlib).
 
 matplotlib is the optional extra `dbdict_fs[plot]`, imported only here. The grouping and
-averaging (`series_xy`, `series_curves`) are plain Python, shared with the HTML report.
+averaging (`series_xy`, `series_curves`) are plain Python.
 """
 
 import math

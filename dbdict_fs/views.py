@@ -16,6 +16,7 @@ def _lazy(module, name):
 def add_commands(add, prog):
     """Register the three commands with cli.build_parser's `add`."""
     from . import output, query
+    from .argtypes import positive_seconds
 
     p = add("history", _lazy("views", "cmd_history"), "print a job's metric history (channel.log)", f"""
 Print the committed history of one job: the points its experiment recorded with
@@ -56,13 +57,18 @@ examples:
         p.add_argument("--no-cache", action="store_true", help="read every job's files (skip the index cache)")
 
     p = add("report", _lazy("report", "cmd_report"), "write one self-contained HTML report of a sweep", f"""
-Write one HTML file that needs no server and no network (open it after rsync): status counts,
-the best jobs by --metric, a sortable table of every job, the metric against each numeric
-parameter, learning curves of the best jobs, and the failed jobs with their last error line.
+Write one HTML file that needs no server and no network (open it after rsync): status counts
+(diverged runs, whose metric is NaN or infinite, counted apart), the best configurations by
+--metric, a panel of the metric against each parameter (categories as strips and boxes),
+parallel coordinates whose axes filter the table, parameter importance, learning curves labelled
+by their parameters, best-so-far plots of searches, and a sortable, filterable table of every job.
+Seeds (keys named seed or *_seed, and --over keys) are averaged over, never plotted; keys that
+are the same in every job are shown once in the header.
 
 examples:
   {prog} report tree -o sweep.html --metric valid_err
-  {prog} report tree -o sweep.html --metric accuracy --maximize --top 5
+  {prog} report tree -o sweep.html --metric accuracy --maximize --top 5 --over data_split
+  {prog} report tree -o sweep.html --watch 30      # rewrite every 30 s; the open page follows
 """)
     if p:
         p.add_argument("tree", metavar="TREE")
@@ -74,7 +80,12 @@ examples:
         g.add_argument("--minimize", dest="maximize", action="store_false", help="lower is better (default)")
         g.add_argument("--maximize", dest="maximize", action="store_true", help="higher is better")
         p.set_defaults(maximize=False)
-        p.add_argument("--top", type=int, default=10, metavar="K", help="best jobs listed and curves drawn (default 10)")
+        p.add_argument("--top", type=int, default=10, metavar="K",
+                       help="best configurations listed and curves drawn (default 10)")
+        p.add_argument("--over", action="append", metavar="KEY",
+                       help="a replicate key to average over, like seed (repeatable; seed and *_seed are already)")
+        p.add_argument("--watch", type=positive_seconds, metavar="S",
+                       help="rewrite the file every S seconds until Ctrl-C; the open page reloads itself")
         p.add_argument("--title", metavar="TEXT", help="the report's title (default: the tree)")
         p.add_argument("--rows", type=int, default=1000, metavar="N",
                        help="job-table rows shown before 'show all' (default 1000; sorting and "

@@ -77,6 +77,21 @@ class Browser:
     def click(self, element):
         self.cmd("POST", f"/element/{element}/click", {})
 
+    def resize(self, width, height):
+        self.cmd("POST", "/window/rect", {"width": width, "height": height})
+
+    def mouse(self, *steps):
+        """A real pointer: ("move", x, y) in viewport pixels, ("down",), ("up",)."""
+        actions = []
+        for step in steps:
+            if step[0] == "move":
+                actions.append({"type": "pointerMove", "x": int(step[1]), "y": int(step[2]), "origin": "viewport",
+                                "duration": 50})
+            else:
+                actions.append({"type": "pointer" + step[0].capitalize(), "button": 0})
+        self.cmd("POST", "/actions", {"actions": [{"type": "pointer", "id": "mouse",
+                                                   "parameters": {"pointerType": "mouse"}, "actions": actions}]})
+
     def console(self):
         """Browser console entries since the last call (chromedriver's log endpoint)."""
         return self.cmd("POST", "/se/log", {"type": "browser"}) or []

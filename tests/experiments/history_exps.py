@@ -59,10 +59,12 @@ class CurveClass(Experiment):
 
 def quick(state, channel):
     """A tiny training run: valid_err falls with the steps, depends on lr, arch and seed."""
-    base = {"a": 0.2, "b": 0.4}.get(state.get("arch"), 0.3) + 0.01 * state.get("seed", 0)
+    base = {"a": 0.2, "b": 0.4, "resnet": 0.2, "vgg": 0.4}.get(state.get("arch"), 0.3) + 0.01 * state.get("seed", 0)
     for step in range(1, int(state.get("steps", 5)) + 1):
         channel.log(step, valid_err=base + state.lr / step, loss=1.0 / step)
-    state.valid_err = base + state.lr / state.get("steps", 5)
-    if state.get("fail"):
+    # nan_when / fail_when: {key: value, ...} (the same in every job) picks the jobs that diverge / fail
+    picked = lambda name: bool(state.get(name)) and all(state.get(k) == v for k, v in state[name].items())  # noqa: E731
+    state.valid_err = float("nan") if picked("nan_when") else base + state.lr / state.get("steps", 5)
+    if state.get("fail") or picked("fail_when"):
         raise RuntimeError("diverged: loss is nan")
     return COMPLETE
