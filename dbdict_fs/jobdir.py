@@ -21,7 +21,7 @@ STDERR = "stderr"
 WORKDIR = "workdir"
 META_DIR = ".dbdict"
 
-STATUSES = ("ready", "running", "done", "failed", "canceled")
+STATUSES = ("ready", "running", "done", "failed", "canceled", "pruned")  # pruned: DESIGN.md 11
 # Statuses the index and status commands derive; they are never written to a state file.
 DERIVED_STATUSES = ("booked", "stale", "corrupt")
 

@@ -234,8 +234,14 @@ def status(tree, filters=None, where=None, progress=False):
     running = [_running_row(r) for r in rows if r.get("dbdict.status") in ("running", "stale", "booked")]
     failures = sorted((r for r in rows if r.get("dbdict.status") == "failed"),
                       key=lambda r: str(r.get("dbdict.end") or ""), reverse=True)[:5]
-    return {"counts": counts, "total": len(rows), "running": running,
-            "failed": [{"path": r["dbdict.path"], "error": r.get("dbdict.error")} for r in failures]}
+    report = {"counts": counts, "total": len(rows), "running": running,
+              "failed": [{"path": r["dbdict.path"], "error": r.get("dbdict.error")} for r in failures]}
+    from .searches import summaries  # one listing when the tree has no search (DESIGN.md 11)
+
+    searches = summaries(tree, rows)
+    if searches:
+        report["searches"] = searches
+    return report
 
 
 def _status_once(args):
@@ -244,7 +250,7 @@ def _status_once(args):
         print(json.dumps(report, indent=2))
         return 0
     counts, running = report["counts"], report["running"]
-    order = ("ready", "booked", "running", "stale", "done", "failed", "canceled", "corrupt")
+    order = ("ready", "booked", "running", "stale", "done", "failed", "canceled", "pruned", "corrupt")
     parts = [f"{counts[s]} {s}" for s in order if counts.get(s)]
     print(f"{report['total']} jobs: " + (", ".join(parts) if parts else "none"))
     if running:
@@ -255,6 +261,9 @@ def _status_once(args):
             late = "  (heartbeat overdue: its worker may be stopped or dead)" if r["heartbeat_overdue"] else ""
             print(f"  {r['status']:8} {r['path']}  host {r['host']} pid {r['pid']}{slurm_job}  "
                   f"attempt {r['run']}  heartbeat {age} ago{late}")
+    from .searches import print_summaries
+
+    print_summaries(report.get("searches"))
     if report["failed"]:
         print("\nrecent failures:")
         for r in report["failed"]:

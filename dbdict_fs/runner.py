@@ -773,6 +773,11 @@ def work(tree, *, max_jobs=None, wait=False, poll=None, select_rows=None, on_out
             passes += 1
             loop.observer.ask_scheduler()  # scheduler-gone fast path: one squeue call per pass
             progressed, seen_any = loop.one_pass(full)
+            if not progressed and loop.discovery is not None and not loop.done():
+                from .searches import serve  # DESIGN.md 11: nothing runnable, so ask a search
+
+                progressed, pending = serve(loop)
+                seen_any = seen_any or pending
             if progressed:
                 backoff, full = poll / 4, True
                 continue
@@ -827,17 +832,20 @@ class _WorkLoop:
         for path, first in candidates:
             if self.done():
                 break
-            outcome = self._try(path, first)
-            if outcome is None:
-                continue
-            self.ran += 1
-            progressed = True
-            self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
-            if self.on_outcome:
-                self.on_outcome(outcome)
+            progressed = self.ran_one(self._try(path, first)) or progressed
         if self.discovery is not None:
             seen_any = bool(self.discovery.held)  # jobs running elsewhere, to watch
         return progressed, seen_any
+
+    def ran_one(self, outcome):
+        """Count an attempt's outcome (None: the job was not ours to run). True if it ran."""
+        if outcome is None:
+            return False
+        self.ran += 1
+        self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
+        if self.on_outcome:
+            self.on_outcome(outcome)
+        return True
 
     def _try(self, path, first):
         """Book and run one candidate; None when it was not ours to run."""
