@@ -51,6 +51,7 @@ DONE = "done."
 SAMPLERS = ("random", "grid", "tpe", "cmaes", "gp")
 OPTUNA_SAMPLERS = ("tpe", "cmaes", "gp")
 PRUNERS = ("none", "median", "asha")
+NEEDS = {"tpe": ("optuna",), "cmaes": ("optuna", "cmaes"), "gp": ("optuna", "scipy", "torch")}
 FINISHED = ("done", "failed", "pruned", "canceled")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -292,8 +293,10 @@ def define(tree, *, experiment, space, metric, trials, fixed=None, maximize=Fals
     if sampler in OPTUNA_SAMPLERS:
         import importlib.util
 
-        if importlib.util.find_spec("optuna") is None:
-            raise UsageError(f"--sampler {sampler} needs Optuna: pip install 'dbdict_fs[search]'")
+        for module in NEEDS[sampler]:  # looked up, not imported: defining a search stays cheap
+            if importlib.util.find_spec(module) is None:
+                raise UsageError(f"--sampler {sampler} needs {module}: pip install 'dbdict_fs[search]'"
+                                 + ("" if module in ("optuna", "cmaes") else f" {module}"))
     if name is None:
         name = f"search-{jd.unique_suffix()[-6:]}"
     _check_name(name)

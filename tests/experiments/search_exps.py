@@ -35,3 +35,15 @@ def branin(state, channel):
     a, b, c, r, s, t = 1, 5.1 / (4 * math.pi ** 2), 5 / math.pi, 6, 10, 1 / (8 * math.pi)
     state.value = a * (x2 - b * x1 ** 2 + c * x1 - r) ** 2 + s * (1 - t) * math.cos(x1) + s
     return COMPLETE
+
+
+def logged(state, channel):
+    """The quadratic, after appending "<trial> <pid>" to the file `log` (O_APPEND: one line
+    per execution) and sleeping `sleep` s: the chaos test counts executions per trial."""
+    import os
+
+    with open(state.log, "a") as f:
+        f.write(f"{state.dbdict['trial']} {os.getpid()}\n")
+    time.sleep(state.get("sleep", 0))
+    state.loss = (state.x - 0.3) ** 2 + (state.get("y", 2) - 2) ** 2
+    return COMPLETE
