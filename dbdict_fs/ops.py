@@ -17,7 +17,7 @@ from .discovery import hint, mark_final, mark_live
 from .errors import DbdictError, NotRunnable, UsageError
 
 CANCELABLE = ("ready", "booked", "running", "stale")
-REQUEUEABLE = ("failed", "canceled", "stale", "done", "ready", "running", "booked")
+REQUEUEABLE = ("failed", "canceled", "stale", "done", "ready", "running", "booked", "pruned")
 NEEDS_FORCE = ("done", "running", "booked")
 
 

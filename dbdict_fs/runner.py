@@ -448,10 +448,14 @@ def run_claimed(held, opts, signals):
         workdir.commit(held.jobdir, wname, source)
         jd.remove_older_states(held.jobdir, held.epoch)
         init_state = copy.deepcopy(state)
+        from .searches import pruner_for
+
+        pruner = pruner_for(held)  # DESIGN.md 11: its decisions need each point as it is logged
         child.send({"op": "init", "state": init_state, "experiment": book["experiment"],
                     "pythonpath": book.get("pythonpath") or [], "resume": resume,
-                    "fence_after": opts.lease / 2})
+                    "fence_after": opts.lease / 2, "flush_logs": pruner is not None})
         attempt = _Attempt(held, opts, signals, child, state, scratch)
+        attempt.pruner = pruner
         if scratch:
             scratch.keep_alive = attempt.keep_alive  # syncs longer than L/2 keep pinging
         return attempt.loop()
@@ -478,6 +482,7 @@ class _Attempt:
         from .histories import Recorder
 
         self.history = Recorder(held)  # channel.log's points, fenced like the state
+        self.pruner, self.pruned = None, None  # a search trial's early stopping (run_claimed)
 
     def _deadlines(self):
         poll = booking.boottime() + 1.0  # look at the experiment's process at least every second
@@ -538,6 +543,11 @@ class _Attempt:
             self.final = msg
         elif op == "log":
             self.history.append(msg.get("points"))
+            if self.pruner and self.pruned is None:
+                self.pruned = self.pruner.observe(msg.get("points"))  # the step it decided at
+                if self.pruned is not None:  # ignoring 'prune' ends like a cancel, after --grace
+                    self.child.send({"op": "signal", "value": "prune"})
+                    self.stop_deadline = booking.boottime() + self.opts.grace
 
     def _changed_config(self, state):
         """A reason when the experiment overwrote a config key (values.changed_config_key)."""
@@ -641,6 +651,9 @@ class _Attempt:
         book.update(end=booking.utc_iso(), duration=round(now - self.started, 3))
         book.pop("pgid", None)
         book.pop("shepherd", None)
+        if self.pruned is not None and msg.get("op") != "error":  # final: never retried (DESIGN.md 11)
+            book.update(status="pruned", returned=msg.get("returned"), pruned_at_step=self.pruned, error=self.kill_reason)
+            return _commit(self.held, state, EXIT_OK, f"{self.held.jobdir}: pruned at step {self.pruned}")
         if msg.get("op") == "result" and msg.get("returned") == "complete":
             book.update(status="done", returned="complete")
             return _commit(self.held, state, EXIT_OK, f"{self.held.jobdir}: done")

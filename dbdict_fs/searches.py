@@ -695,6 +695,107 @@ def serve(loop):
     return True, True
 
 
+# ---------------------------------------------------------------- early stopping
+
+ASHA_ETA = 3  # ASHA's reduction factor: rungs at steps eta**k - 1, the top 1/eta go on
+MEDIAN_STARTUP = 5  # values of other trials a step needs before the median rule prunes
+
+
+def pruner_for(held):
+    """The Pruner of a trial whose search asks for early stopping, else None. Costs one read
+    (the definition) per attempt; None for a trial requeued after it was pruned, which then
+    runs to the end (`requeue --status pruned`)."""
+    book = (held.state or {}).get("dbdict") or {}
+    name, n = book.get("search"), book.get("trial")
+    if not isinstance(name, str) or not isinstance(n, int) or book.get("pruned_at_step") is not None:
+        return None
+    # A trial is TREE/NAME/<n>: its search lives in TREE/.dbdict/searches/NAME.
+    sdir = os.path.join(os.path.dirname(os.path.dirname(os.path.normpath(held.jobdir))), SEARCHES, name)
+    try:
+        with open(os.path.join(sdir, DEFINITION), encoding="utf-8") as f:
+            definition = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if definition.get("prune") not in ("median", "asha") or definition.get("name") != name:
+        return None
+    return Pruner(sdir, definition, n)
+
+
+class Pruner:
+    """Decides from what a trial logs whether it should stop (DESIGN.md 11).
+
+    Each reported value of the metric at a decision step is an empty file
+    `rungs/<step>/<n>~<value>`; a decision is that create plus one listing of the step's
+    directory (the values every other trial reported there): O(1) operations, never a read
+    of another trial's history. A value reported twice (a resumed trial) counts once.
+    median: prune when the trial's best value so far is worse than the median of the other
+    trials' values at this step (once MEDIAN_STARTUP others reported it); every step decides.
+    asha: at steps eta**k - 1, go on only when in the top 1/eta of the values reported there
+    (with fewer than eta values, only the best goes on), as Optuna's SuccessiveHalvingPruner.
+    """
+
+    def __init__(self, sdir, definition, n):
+        self.sdir, self.n = sdir, n
+        self.metric, self.rule = definition["metric"], definition["prune"]
+        self.sign = -1.0 if definition.get("maximize") else 1.0  # decide as if minimising
+        self.best = None
+
+    def observe(self, points):
+        """The step at which the trial should be pruned, or None to go on."""
+        for point in points if isinstance(points, list) else ():
+            step, value = point.get("step"), point.get(self.metric)
+            if (isinstance(step, bool) or not isinstance(step, int) or step < 0 or isinstance(value, bool)
+                    or not isinstance(value, (int, float)) or not math.isfinite(value)):
+                continue
+            if self.decide(step, self.sign * float(value)):
+                return step
+        return None
+
+    def decide(self, step, value):
+        self.best = value if self.best is None else min(self.best, value)
+        if self.rule == "asha" and not _is_rung(step + 1):
+            return False
+        others = self._report(step, value)
+        if others is None:
+            return False
+        if self.rule == "median":
+            if len(others) < MEDIAN_STARTUP:
+                return False
+            ordered = sorted(others)
+            mid = len(ordered) // 2
+            median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+            return self.best > median
+        competing = sorted(others + [value])
+        keep = max(len(competing) // ASHA_ETA - 1, 0)
+        return value > competing[keep]
+
+    def _report(self, step, value):
+        """Record our value at `step`; the others' values there (one listing), or None."""
+        rdir = os.path.join(self.sdir, RUNGS, str(step))
+        try:
+            os.makedirs(rdir, exist_ok=True)
+            open(os.path.join(rdir, f"{self.n}~{self.sign * value!r}"), "ab").close()
+            names = os.listdir(rdir)
+        except OSError:
+            return None  # a hint that cannot be written: the trial goes on
+        seen = {}
+        for name in names:
+            who, _, text = name.partition("~")
+            try:
+                who, v = int(who), self.sign * float(text)
+            except ValueError:
+                continue
+            if who != self.n and math.isfinite(v):
+                seen[who] = v
+        return list(seen.values())
+
+
+def _is_rung(resource):
+    while resource % ASHA_ETA == 0:
+        resource //= ASHA_ETA
+    return resource == 1
+
+
 # ---------------------------------------------------------------- status
 
 def summaries(tree, rows):

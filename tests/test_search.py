@@ -365,3 +365,79 @@ def test_search_chaos_kill9_and_sigstop_60_trials(tree, hosts, tmp_path):
 def test_search_chaos_long(tree, hosts, tmp_path, seed):
     counts = search_chaos(tree, hosts, tmp_path, n_trials=200, n_workers=8, duration=90, seed=seed)
     assert counts["kills"] >= 10 and counts["long_pauses"] >= 3, counts
+
+
+def test_search_chaos_on_two_caching_mounts(tmp_path, hosts):
+    """The same chaos with the two hosts' workers on two counting FUSE mounts of one directory,
+    each with a 1 s attribute cache (tests/test_multihost.py), L = 5 s > 4 x acregmax."""
+    fsim = pytest.importorskip("fsim")
+    reason = fsim.available()
+    if reason is not None:
+        pytest.skip(f"counting FUSE filesystem unavailable: {reason}")
+    backing = tmp_path / "backing"
+    backing.mkdir()
+    with fsim.Host(str(backing), attr_timeout=1.0) as a, fsim.Host(str(backing), attr_timeout=1.0) as b:
+        tree = os.path.join(str(backing), "tree")
+        counts = search_chaos(tree, hosts, tmp_path, n_trials=40, n_workers=4, duration=25, seed=7,
+                              sides=[(a.path("tree"), "a"), (b.path("tree"), "b")], lease=5.0, heartbeat=0.5)
+    assert counts["kills"] >= 2, counts
+
+
+# ---------------------------------------------------------------- early stopping
+
+def test_asha_prunes_trials_which_end_pruned_and_stay_final_until_requeued(tree):
+    r = run_cli("search", tree, "-e", f"{EXP}:curve", "x=uniform(-1,1)", "steps=27", "step_time=0.02", "--metric", "loss",
+                "--trials", 12, "--prune", "asha", "--name", "a", "--seed", 1)
+    assert r.returncode == 0, r.stderr
+    w = run_cli("work", tree, "-q")
+    assert w.returncode == 0, w.stderr
+    trials, seen = trials_of(tree, "a")
+    assert seen == list(range(12))
+    pruned = [n for n, (_, s) in trials.items() if s["dbdict"]["status"] == "pruned"]
+    done = [n for n, (_, s) in trials.items() if s["dbdict"]["status"] == "done"]
+    assert pruned and done and len(pruned) + len(done) == 12
+    for n in pruned:
+        path, state = trials[n]
+        assert state["stopped"] == "prune" and state["dbdict"]["pruned_at_step"] in (0, 2, 8, 26)
+        steps = [row[1] for row in __import__("dbdict_fs").history(path)]
+        assert steps and max(steps) >= state["dbdict"]["pruned_at_step"]  # its curve is kept
+    again = run_cli("work", tree)  # final: never retried
+    assert again.returncode == 0 and "no runnable job" in again.stderr, again.stderr
+    s = json.loads(run_cli("status", tree, "--format", "json").stdout)["searches"][0]
+    assert (s["pruned"], s["done"]) == (len(pruned), len(done))
+    rq = run_cli("requeue", tree, "--status", "pruned", f"dbdict.trial={pruned[0]}")
+    assert rq.returncode == 0, rq.stderr
+    assert run_cli("work", tree, "-q").returncode == 0
+    state = read_state(trials[pruned[0]][0])
+    assert state["dbdict"]["status"] == "done" and "final_loss" in state  # ran to the end this time
+
+
+def test_a_trial_that_ignores_prune_is_stopped_after_grace(tree):
+    r = run_cli("search", tree, "-e", f"{EXP}:curve_ignoring_prune", "x=uniform(-1,1)", "--metric", "loss",
+                "--trials", 3, "--prune", "asha", "--name", "g")
+    assert r.returncode == 0, r.stderr
+    # trial 0 reports a good value first, so the next ones are worse at the first rung
+    searches.Pruner(searches.search_dir(tree, "g"), searches.read_definition(tree, "g"), 99).decide(0, 1.0)
+    w = run_cli("work", tree, "-q", "--max-jobs", 1, "--grace", 1)
+    assert w.returncode == 0, w.stderr
+    (path, state), = trials_of(tree, "g")[0].values()
+    assert state["dbdict"]["status"] == "pruned" and state["dbdict"]["pruned_at_step"] == 0
+    assert "did not stop within --grace" in (state["dbdict"].get("error") or "")
+
+
+@pytest.mark.parametrize("rule, maximize, values, mine, prunes", [
+    ("median", False, [1, 2, 3, 4], 9, False),      # too few others yet
+    ("median", False, [1, 2, 3, 4, 5], 2, False),
+    ("median", False, [1, 2, 3, 4, 5], 4, True),
+    ("median", True, [1, 2, 3, 4, 5], 4, False),
+    ("asha", False, [1, 2, 3, 4, 5], 1.5, False),   # 6 values: the top 2 go on
+    ("asha", False, [1, 2, 3, 4, 5], 2.5, True),
+    ("asha", False, [], 7, False),                  # alone at the rung: it is the best
+])
+def test_pruning_rules(tmp_path, rule, maximize, values, mine, prunes):
+    d = {"metric": "loss", "prune": rule, "maximize": maximize}
+    for n, v in enumerate(values):
+        assert not searches.Pruner(str(tmp_path), d, n).decide(2, -v if maximize else v) or True
+    p = searches.Pruner(str(tmp_path), d, 50)
+    assert p.decide(2, -mine if maximize else mine) is prunes
+    assert len(os.listdir(tmp_path / "rungs" / "2")) == len(values) + 1

@@ -47,3 +47,12 @@ def logged(state, channel):
     time.sleep(state.get("sleep", 0))
     state.loss = (state.x - 0.3) ** 2 + (state.get("y", 2) - 2) ** 2
     return COMPLETE
+
+
+def curve_ignoring_prune(state, channel):
+    """Logs a bad loss at every step and never looks at the channel (sleeps `sleep` s)."""
+    for step in range(3):
+        channel.log(step, loss=100.0 + step)
+    channel.flush()
+    time.sleep(state.get("sleep", 60))
+    return COMPLETE
