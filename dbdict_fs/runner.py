@@ -652,7 +652,8 @@ class _Attempt:
         book.pop("pgid", None)
         book.pop("shepherd", None)
         if self.pruned is not None and msg.get("op") != "error":  # final: never retried (DESIGN.md 11)
-            book.update(status="pruned", returned=msg.get("returned"), pruned_at_step=self.pruned, error=self.kill_reason)
+            book.update(status="pruned", returned=msg.get("returned"), pruned_at_step=self.pruned,
+                        error=self.kill_reason)
             return _commit(self.held, state, EXIT_OK, f"{self.held.jobdir}: pruned at step {self.pruned}")
         if msg.get("op") == "result" and msg.get("returned") == "complete":
             book.update(status="done", returned="complete")

@@ -386,7 +386,8 @@ def test_search_chaos_on_two_caching_mounts(tmp_path, hosts):
 # ---------------------------------------------------------------- early stopping
 
 def test_asha_prunes_trials_which_end_pruned_and_stay_final_until_requeued(tree):
-    r = run_cli("search", tree, "-e", f"{EXP}:curve", "x=uniform(-1,1)", "steps=27", "step_time=0.02", "--metric", "loss",
+    r = run_cli("search", tree, "-e", f"{EXP}:curve", "x=uniform(-1,1)", "steps=27", "step_time=0.02",
+                "--metric", "loss",
                 "--trials", 12, "--prune", "asha", "--name", "a", "--seed", 1)
     assert r.returncode == 0, r.stderr
     w = run_cli("work", tree, "-q")
