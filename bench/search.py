@@ -4,6 +4,7 @@
     python bench/search.py --only optimum --seeds 5 --trials 40
     python bench/search.py --only prune
     python bench/search.py --only ask
+    python bench/search.py --only journal --seeds 1
 
 optimum: best value after N trials (median over seeds, lower is better) on Branin (2-D, min
 0.397887), Hartmann-6 (6-D, min -3.32237) and, when scikit-learn is importable, the
@@ -18,6 +19,12 @@ workers: steps run and best final value for --prune none, median and asha.
 ask: the cost of one ask of dbdict's tpe (read every trial's state + rebuild the Optuna study
 + ask) and of the number claim, at 100 and 2,000 finished trials, in ms; metadata operations
 counted with strace where it exists.
+
+journal: the anchor a user would pick instead: N processes running Optuna's study.optimize on
+one JournalFileStorage file (MaxTrialsCallback for the budget) vs N `dbdict work --wait`
+workers on a tpe search of the same budget, under the same kill -9 schedule (each killed
+process replaced): trials complete, lost (left RUNNING), beyond the budget, executions.
+On local disk only: the NFS failures reported for JournalFileStorage are not reproduced here.
 
 Needs Optuna (pip install 'dbdict_fs[search]'). Numbers are printed, never asserted.
 """
@@ -276,12 +283,110 @@ def _strace_ops(tree):
     return sum(1 for line in lines[start + 1:] if not line.split(" ", 1)[-1].startswith(("+++", "---")))
 
 
+def sleepy(state, channel):
+    """Branin after `sleep` s, appending "<trial> <pid>" to `log` (executions per trial)."""
+    with open(state.log, "a") as f:
+        f.write(f"{state.dbdict['trial']} {os.getpid()}\n")
+    time.sleep(state.sleep)
+    state.value = branin({"x1": state.x1, "x2": state.x2})
+
+
+OPTUNA_WORKER = r"""
+import sys, time, optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+sys.path.insert(0, sys.argv[3])
+from search import branin
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+storage = JournalStorage(JournalFileBackend(sys.argv[1]))
+study = optuna.load_study(study_name="bench", storage=storage)
+budget = int(sys.argv[2])
+def objective(trial):
+    p = {"x1": trial.suggest_float("x1", -5, 10), "x2": trial.suggest_float("x2", 0, 15)}
+    time.sleep(float(sys.argv[4]))
+    return branin(p)
+study.optimize(objective, callbacks=[MaxTrialsCallback(budget, states=(TrialState.COMPLETE,))])
+"""
+
+
+def _chaos(start, n, seconds, seed, stop_when):
+    """Start n processes (start(i) -> Popen), kill -9 one at random every 0.5-1.5 s for
+    `seconds` and start a replacement; then wait for all. Returns kills."""
+    import random
+    import signal as sig
+
+    rng = random.Random(seed)
+    procs = [start(i) for i in range(n)]
+    kills, t0 = 0, time.monotonic()
+    next_kill = t0 + rng.uniform(0.5, 1.5)
+    while time.monotonic() - t0 < seconds and not stop_when():
+        if time.monotonic() >= next_kill:
+            next_kill = time.monotonic() + rng.uniform(0.5, 1.5)
+            alive = [p for p in procs if p.poll() is None]
+            if alive:
+                victim = rng.choice(alive)
+                victim.send_signal(sig.SIGKILL)
+                victim.wait()
+                kills += 1
+                procs.remove(victim)
+                procs.append(start(len(procs) + kills))
+        time.sleep(0.02)
+    for p in procs:
+        p.wait(600)
+    return kills
+
+
+def bench_journal(args, base):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from dbdict_fs import searches
+
+    budget, n, sleep, seconds = args.journal_trials, 4, 0.3, 12
+    print(f"\n## {n} processes, budget {budget}, one kill -9 every 0.5-1.5 s for {seconds} s "
+          f"(each replaced), same schedule (local disk)\n")
+    print("| storage | trials complete | lost (left RUNNING) | beyond budget | executions | kills |")
+    print("|---|---|---|---|---|---|")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for seed in range(args.seeds if args.only == "journal" else 1):
+        journal = os.path.join(base, f"journal-{seed}.log")
+        optuna.create_study(study_name="bench", storage=JournalStorage(JournalFileBackend(journal)))
+        study_done = lambda: False  # noqa: E731 - the same schedule for both
+        kills = _chaos(lambda i: subprocess.Popen([sys.executable, "-c", OPTUNA_WORKER, journal, str(budget),
+                                                   os.path.dirname(HERE), str(sleep)], env=_env(),
+                                                  stderr=subprocess.DEVNULL),
+                       n, seconds, seed, study_done)
+        trials = optuna.load_study(study_name="bench", storage=JournalStorage(JournalFileBackend(journal))).trials
+        states = [t.state.name for t in trials]
+        print(f"| Optuna JournalFileStorage | {states.count('COMPLETE')} | {states.count('RUNNING')} | "
+              f"{max(0, len(trials) - budget)} | {len(trials)} | {kills} |", flush=True)
+
+        tree, log = os.path.join(base, f"dbdict-{seed}"), os.path.join(base, f"runs-{seed}.log")
+        searches.search(tree, experiment=f"{HERE}:sleepy", space=dict(BRANIN_SPACE, log=log, sleep=sleep),
+                        metric="value", trials=budget, sampler="tpe", seed=seed, name="s")
+        kills = _chaos(lambda i: subprocess.Popen([sys.executable, "-m", "dbdict_fs.cli", "work", tree, "--wait",
+                                                   "-q", "--lease", "3", "--heartbeat", "0.5"], env=_env(),
+                                                  stderr=subprocess.DEVNULL),
+                       n, seconds, seed, study_done)
+        names = sorted(e for e in os.listdir(os.path.join(tree, "s")) if e.isdigit())
+        from dbdict_fs import jobdir as jd
+
+        statuses = [jd.read_latest_state(os.path.join(tree, "s", e))[1]["dbdict"]["status"] for e in names]
+        executions = sum(1 for _ in open(log)) if os.path.exists(log) else 0
+        print(f"| dbdict tpe, 4 workers | {statuses.count('done')} | {len(names) - statuses.count('done')} | "
+              f"{max(0, len(names) - budget)} | {executions} | {kills} |", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--trials", type=int, default=40)
     ap.add_argument("--prune-trials", type=int, default=30)
-    ap.add_argument("--only", choices=("optimum", "prune", "ask"))
+    ap.add_argument("--journal-trials", type=int, default=40)
+    ap.add_argument("--only", choices=("optimum", "prune", "ask", "journal"))
     args = ap.parse_args()
     base = tempfile.mkdtemp(prefix="dbdict-bench-search-")
     try:
@@ -291,6 +396,8 @@ def main():
             bench_prune(args, base)
         if args.only in (None, "ask"):
             bench_ask(args, base)
+        if args.only in (None, "journal"):
+            bench_journal(args, base)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
