@@ -12,7 +12,7 @@ validation error of an SVM on the digits data (log C, log gamma). Methods: dbdic
 `dbdict work` processes sharing a tree; Optuna's own TPE in one process (study.optimize);
 random search (dbdict's random sampler, 4 workers).
 
-prune: a learning-curve objective, 27 steps per trial, a random sampler (the same points
+prune: a learning-curve objective, 27 steps of 20 ms per trial, a random sampler (the same points
 for every method, since a random trial's point depends only on the seed and its number), 2
 workers: steps run and best final value for --prune none, median and asha.
 
@@ -95,6 +95,7 @@ def curve(state, channel):
     final = branin({"x1": state.x1, "x2": state.x2}) / 100.0
     steps = int(state.steps)
     for step in range(steps):
+        time.sleep(state.step_time)  # a training step takes a while: a decision arrives in time
         loss = final + (0.5 + state.x2 / 15) / (step + 1)
         channel.log(step, loss=loss)
         if channel() == "prune":
@@ -205,7 +206,7 @@ def bench_prune(args, base):
         for seed in range(args.seeds):
             tree = os.path.join(base, f"curve-{rule}-{seed}")
             searches.search(tree, experiment=f"{HERE}:curve", space={"x1": "uniform(-5,10)", "x2": "uniform(0,15)",
-                                                                      "steps": 27},
+                                                                      "steps": 27, "step_time": 0.02},
                             metric="loss", trials=args.prune_trials, seed=seed, prune=rule, name="s")
             run_workers(tree, 2)
             rows = build_index(tree).sql('select "dbdict.path" as p, "dbdict.status" as s, final from jobs')

@@ -61,7 +61,7 @@ TRIAL_DIGITS = 5
 
 # ---------------------------------------------------------------- the space
 
-def parse_dist(text):
+def parse_dist(text, where=None):
     """A DIST string -> its canonical dict, or None when `text` is not a distribution.
 
     uniform(a,b) | loguniform(a,b) (0 < a < b) | int(a,b) (inclusive) | choice(v1,...) | {v1,...}
@@ -80,7 +80,7 @@ def parse_dist(text):
         kind, body = m.group(1), m.group(2)
     args = [parse_scalar(t.strip()) for t in _split_top(body)]
     return check_dist({"type": kind, "values": args} if kind == "choice" else
-                      {"type": kind, "args": args}, text)
+                      {"type": kind, "args": args}, where or text)
 
 
 def check_dist(dist, where):
@@ -133,8 +133,8 @@ def split_space(mapping, where="space"):
                 visit(value, name + ".")
             elif isinstance(value, list):
                 space[name] = check_dist({"type": "choice", "values": value}, f"{where}: {name}")
-            elif isinstance(value, str) and parse_dist(value) is not None:
-                space[name] = parse_dist(value)
+            elif isinstance(value, str) and parse_dist(value, f"{where}: {name}") is not None:
+                space[name] = parse_dist(value, f"{where}: {name}")
             else:
                 fixed[name] = value
     visit(mapping, "")
@@ -151,7 +151,7 @@ def parse_assignments(items):
         key, text = split_assignment(item)
         if key in fixed or key in space:
             raise UsageError(f"{item!r}: {key} is given twice")
-        dist = parse_dist(text)
+        dist = parse_dist(text, where=item)
         if dist is not None:
             space[key] = dist
         else:
@@ -866,8 +866,8 @@ def add_command(add, prog):
     """Register `search` with cli.build_parser's `add`."""
     p = add("search", cmd_search, "start an adaptive search (or raise its budget)", HELP.format(prog=prog))
     if p:
-        p.add_argument("tree", metavar="TREE")
-        p.add_argument("items", nargs="*", metavar="key=VALUE|key=DIST")
+        p.add_argument("tree", metavar="TREE", help="the tree (created if missing)")
+        p.add_argument("items", nargs="*", metavar="key=VALUE|key=DIST", help="fixed keys and searched keys")
         p.set_defaults(_rest="items")
         p.add_argument("--experiment", "-e", metavar="MOD:ATTR|FILE.py:ATTR", help="the experiment to run")
         p.add_argument("--space", metavar="FILE.yaml", help="the space (and fixed keys) as a YAML mapping")
