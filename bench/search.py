@@ -166,13 +166,13 @@ def optuna_tpe(objective, seed, trials):
 
 
 def bench_optimum(args, base):
-    objectives = ["branin", "hartmann6"]
-    try:
-        import sklearn  # noqa: F401
-
-        objectives.append("digits")
-    except ImportError:
-        print("digits: scikit-learn is not importable here: not measured")
+    objectives = args.objectives.split(",")
+    if "digits" in objectives:
+        try:
+            import sklearn  # noqa: F401
+        except ImportError:
+            print("digits: scikit-learn is not importable here: not measured")
+            objectives.remove("digits")
     print(f"\n## best value after {args.trials} trials, median over {args.seeds} seeds (lower is better)\n")
     print("| objective | dbdict tpe, 4 workers | Optuna TPE, 1 process | random, 4 workers | dbdict tpe wall s |")
     print("|---|---|---|---|---|")
@@ -201,7 +201,7 @@ def bench_prune(args, base):
     print("| prune | steps run (median) | saved vs none | best final value (median) | pruned trials (median) |")
     print("|---|---|---|---|---|")
     results = {}
-    for rule in ("none", "median", "asha"):
+    for rule in args.rules.split(","):
         steps, bests, pruned = [], [], []
         for seed in range(args.seeds):
             tree = os.path.join(base, f"curve-{rule}-{seed}")
@@ -214,7 +214,7 @@ def bench_prune(args, base):
             bests.append(min(r["final"] for r in rows if r["s"] == "done"))
             pruned.append(sum(r["s"] == "pruned" for r in rows))
         results[rule] = (statistics.median(steps), statistics.median(bests), statistics.median(pruned))
-    full = results["none"][0]
+    full = results["none"][0] if "none" in results else float("nan")
     for rule, (s, b, p) in results.items():
         print(f"| {rule} | {s:.0f} | {1 - s / full:.0%} | {b:.4g} | {p:.0f} |")
     return results
@@ -387,6 +387,8 @@ def main():
     ap.add_argument("--trials", type=int, default=40)
     ap.add_argument("--prune-trials", type=int, default=30)
     ap.add_argument("--journal-trials", type=int, default=40)
+    ap.add_argument("--objectives", default="branin,hartmann6,digits", help="the optimum bench's objectives")
+    ap.add_argument("--rules", default="none,median,asha", help="the --prune rules the prune bench compares")
     ap.add_argument("--only", choices=("optimum", "prune", "ask", "journal"))
     args = ap.parse_args()
     base = tempfile.mkdtemp(prefix="dbdict-bench-search-")
