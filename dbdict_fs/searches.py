@@ -541,8 +541,8 @@ def _optuna_point(definition, n, trials):
 
 def _test_stop(point):
     """Test seam: DBDICT_TEST_SEARCH_STOP=<point>:<marker> makes this process write <marker>
-    (its pid) and SIGSTOP itself at <point> (`took`: a number won, its job not yet written),
-    once per marker. A taker paused, or killed, exactly there."""
+    (its pid) and SIGSTOP itself at <point> (`took`: a number won, its job not yet written;
+    `written`: its job renamed into place, no live marker or hint yet), once per marker. A taker paused, or killed, exactly there."""
     spec = os.environ.get("DBDICT_TEST_SEARCH_STOP", "")
     where, _, marker = spec.partition(":")
     if where != point or not marker or os.path.exists(marker):
@@ -647,12 +647,18 @@ class Taker:
                 raise Fenced(f"{ndir}: trial {n} not written: {held.fenced()}")
             if not self._write(definition, n, params, held):
                 return None
+        _test_stop("written")
+        # Live markers after the job exists, as `create` makes them (discovery.py); also when
+        # a dead taker wrote it and died before this step: a walk may have marked TREE/NAME
+        # final meanwhile, and the job must not stay hidden. Then the hint, last.
+        from .discovery import created_in
+
+        created_in([os.path.dirname(target)], self.tree)
         _mark_done(ndir, n)
         return target
 
     def _write(self, definition, n, params, held):
         from .create import DEFAULT_PRIORITY, _write_job
-        from .discovery import created_in
         from .values import check_config, config_hash, merge
 
         config = check_config(merge(nest(definition["fixed"]), nest(params)), where=f"trial {n}")
@@ -667,7 +673,6 @@ class Taker:
                             config_hash(config, experiment), DEFAULT_PRIORITY,
                             extra_book={"search": definition["name"], "trial": n, "trial_claim": held.epoch},
                             before_rename=still_ours)
-        created_in([os.path.dirname(os.path.join(self.tree, rel))], self.tree)
         return placed or os.path.exists(os.path.join(self.tree, rel, jd.CONFIG))
 
 

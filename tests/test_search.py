@@ -246,6 +246,33 @@ def test_a_taker_killed_between_its_number_and_its_job_loses_no_number(tree, tmp
     assert all(t[1]["dbdict"]["status"] == "done" for t in trials.values())
 
 
+def test_a_trial_whose_taker_died_after_writing_it_into_a_directory_marked_final_still_runs(
+        tree, tmp_path, procs_to_end):
+    define(tree, trials=2)
+    assert run_cli("work", tree, "-q", "--max-jobs", 1).returncode == 0  # trial 0 done
+    walk = run_cli("work", tree, "-q", *SHORT, env={"DBDICT_HOST": "host-c"})  # nothing but searches left:
+    assert walk.returncode == 0  # it runs trial 1, and its walks mark the directory of trials final
+    from dbdict_fs.discovery import mark_path
+
+    assert os.path.exists(mark_path(os.path.join(str(tree), "s")))
+    assert run_cli("search", tree, "--name", "s", "--trials", 3).returncode == 0
+    a = subprocess.Popen(CLI + ["work", str(tree), "-q", *SHORT],
+                         env=env_for("host-a", DBDICT_TEST_SEARCH_STOP=f"written:{tmp_path / 'w'}"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs_to_end.append(a)
+    pid = int(wait_for(lambda: os.path.exists(tmp_path / "w") and open(tmp_path / "w").read(), timeout=60,
+                       what="the taker to stop after writing trial 2"))
+    wait_for(lambda: proc_state(pid) == "T", timeout=10, what="the taker to stop itself")
+    a.kill()  # its job exists, the directory is still marked final, no live marker, no hint
+    a.wait()
+    assert read_state(os.path.join(str(tree), "s", "00002"))["dbdict"]["status"] == "ready"
+    b = subprocess.run(CLI + ["work", str(tree), "--wait", "-q", *SHORT], env=env_for("host-b"),
+                       capture_output=True, text=True, timeout=120)
+    assert b.returncode == 0, b.stderr
+    trials, seen = trials_of(tree, "s")
+    assert seen == [0, 1, 2] and trials[2][1]["dbdict"]["status"] == "done"
+
+
 @pytest.mark.parametrize("broken", [False, pytest.param(True, marks=pytest.mark.xfail(
     strict=True, reason="DBDICT_TEST_BREAK_TRIAL_CLAIM: every holder looks dead, so a live taker's "
                         "number is taken from it; this test must catch that"))])
