@@ -469,3 +469,12 @@ def test_pruning_rules(tmp_path, rule, maximize, values, mine, prunes):
     p = searches.Pruner(str(tmp_path), d, 50)
     assert p.decide(2, -mine if maximize else mine) is prunes
     assert len(os.listdir(tmp_path / "rungs" / "2")) == len(values) + 1
+
+
+def test_query_status_and_a_random_search_never_import_optuna(tree):
+    define(tree, trials=2)
+    for argv in (["work", str(tree), "-q"], ["status", str(tree)], ["query", str(tree)]):
+        code = ("import sys; from dbdict_fs.cli import main; rc = main(sys.argv[1:]); "
+                "sys.exit(rc or (3 if 'optuna' in sys.modules else 0))")
+        r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, (argv, r.stderr)
