@@ -278,7 +278,7 @@ def test_a_trial_whose_taker_died_after_writing_it_into_a_directory_marked_final
                         "number is taken from it; this test must catch that"))])
 def test_a_live_takers_number_is_never_taken_from_it(tree, tmp_path, procs_to_end, broken):
     define(tree, trials=3)
-    a = stopped_taker(tree, str(tmp_path / "took"), 60.0, procs_to_end)  # paused, well inside its lease
+    a = stopped_taker(tree, str(tmp_path / "took"), 120.0, procs_to_end)  # paused, well inside its lease
     extra = {"DBDICT_TEST_BREAK_TRIAL_CLAIM": "1"} if broken else {}
     b = subprocess.run(CLI + ["work", str(tree), "-q", *SHORT], env=env_for("host-b", **extra),
                        capture_output=True, text=True, timeout=120)
