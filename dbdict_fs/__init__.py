@@ -21,6 +21,7 @@ _EXPORTS = {
     "history": "histories",
     "requeue": "ops",
     "run_job": "runner",
+    "search": "searches",
     "show": "ops",
     "status": "ops",
     "work": "runner",

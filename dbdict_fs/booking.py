@@ -29,7 +29,7 @@ from .options import DEFAULT_HEARTBEAT, DEFAULT_LEASE
 
 COMMAND_LEASE = 30.0  # a command killed after its link blocks the job for no longer (DESIGN 4)
 RUNNABLE_AFTER_STALE = ("ready", "running")
-FINAL = ("done", "failed", "canceled")
+FINAL = ("done", "failed", "canceled", "pruned")  # pruned: a search stopped it early (DESIGN 11)
 
 
 # ---------------------------------------------------------------- identity and clocks

@@ -59,9 +59,10 @@ def _check_point(step, metrics):
 
 
 class Channel:
-    """What `channel()` tells the experiment: None (go on), 'stop', 'finish-up' or 'save'."""
+    """What `channel()` tells the experiment: None (go on), 'stop', 'finish-up', 'save', or
+    'prune' (a search's early stopping: return now, the trial ends `pruned`, DESIGN.md 11)."""
 
-    STOP, FINISH_UP, SAVE = "stop", "finish-up", "save"
+    STOP, FINISH_UP, SAVE, PRUNE = "stop", "finish-up", "save", "prune"
 
     def __init__(self, link, state):
         self._link = link
@@ -69,10 +70,11 @@ class Channel:
         self._pending = set()
         self._lock = threading.Lock()
         self._points, self._sent_at = [], _boottime()  # channel.log's batch
+        self.flush_each = False  # a pruned search's trial: every point goes at once (DESIGN.md 11)
 
     def __call__(self):
         with self._lock:
-            for answer in (self.STOP, self.FINISH_UP):
+            for answer in (self.STOP, self.PRUNE, self.FINISH_UP):
                 if answer in self._pending:
                     return answer  # sticky: the experiment should stop soon
             if self.SAVE in self._pending:
@@ -91,7 +93,7 @@ class Channel:
         self._state.update(metrics)
         with self._lock:
             self._points.append(point)
-            due = len(self._points) >= 256 or _boottime() - self._sent_at >= 1.0
+            due = self.flush_each or len(self._points) >= 256 or _boottime() - self._sent_at >= 1.0
         if due:
             self.flush()
 
@@ -202,6 +204,7 @@ def main(argv=None):
     link.fence_after = float(init.get("fence_after", 300.0))
     state = State(init["state"])
     channel = Channel(link, state)
+    channel.flush_each = bool(init.get("flush_logs"))
     link.channel = channel
     link.start()
     try:

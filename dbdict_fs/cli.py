@@ -474,6 +474,10 @@ examples:
     from .views import add_commands  # history, plot, report: their code loads only when run
 
     add_commands(add, prog)
+    if only is None or "search" in only:
+        from .searches import add_command as add_search  # DESIGN.md 11
+
+        add_search(add, prog)
     return parser
 
 
@@ -484,7 +488,7 @@ def _version():
 
 
 COMMANDS = ("create", "run", "work", "cmdline", "query", "status", "requeue", "cancel", "show", "logs",
-            "submit", "history", "plot", "report")
+            "submit", "history", "plot", "report", "search")
 
 
 def fix_negative_sort(argv):

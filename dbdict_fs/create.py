@@ -310,9 +310,12 @@ def initial_state(config, book, priority):
     return state
 
 
-def _write_job(tree, rel, config, experiment, pythonpath, digest, priority, placed=None):
+def _write_job(tree, rel, config, experiment, pythonpath, digest, priority, placed=None, extra_book=None,
+               before_rename=None):
     """Build the job in a dot directory, then rename it into place (then `placed()`, so a
-    Ctrl-C after the rename still counts the job). False if it exists."""
+    Ctrl-C after the rename still counts the job). False if it exists. `extra_book`: more
+    bookkeeping for the first state (a search's trial: `search`, `trial`); `before_rename()`
+    may raise to abandon the job (a search's taker that lost its trial number)."""
     target = os.path.join(tree, rel)
     if os.path.exists(target):
         return False
@@ -331,9 +334,13 @@ def _write_job(tree, rel, config, experiment, pythonpath, digest, priority, plac
         for name in (paths.stdout, paths.stderr):
             open(name, "wb").close()
         jd.atomic_write(paths.config, config_text(config, book).encode("utf-8"), fsync=False)
-        jd.atomic_write(paths.state(0), jd.dump_state(initial_state(config, book, priority)), fsync=True)
+        state = initial_state(config, book, priority)
+        state["dbdict"].update(extra_book or {})
+        jd.atomic_write(paths.state(0), jd.dump_state(state), fsync=True)
         os.symlink(jd.state_name(0), paths.state_link)
         os.makedirs(os.path.dirname(target), exist_ok=True)
+        if before_rename is not None:
+            before_rename()
         try:
             os.rename(tmp, target)
         except OSError as exc:

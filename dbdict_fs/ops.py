@@ -17,7 +17,7 @@ from .discovery import hint, mark_final, mark_live
 from .errors import DbdictError, ExitCode, NotRunnable, UsageError
 
 CANCELABLE = ("ready", "booked", "running", "stale")
-REQUEUEABLE = ("failed", "canceled", "stale", "done", "ready", "running", "booked")
+REQUEUEABLE = ("failed", "canceled", "stale", "done", "ready", "running", "booked", "pruned")
 NEEDS_FORCE = ("done", "running", "booked")
 
 
@@ -271,11 +271,16 @@ def status(tree, filters=None, where=None, progress=False):
     running = [_running_row(r) for r in rows if r.get("dbdict.status") in ("running", "stale", "booked")]
     failures = sorted((r for r in rows if r.get("dbdict.status") == "failed"),
                       key=lambda r: str(r.get("dbdict.end") or ""), reverse=True)[:5]
+    report = {"counts": counts, "total": len(rows), "running": running,
+              "failed": [{"path": r["dbdict.path"], "error": r.get("dbdict.error")} for r in failures]}
     from .pool import pool_records
+    from .searches import summaries  # one listing when the tree has no search (DESIGN.md 11)
 
-    return {"counts": counts, "total": len(rows), "running": running,
-            "failed": [{"path": r["dbdict.path"], "error": r.get("dbdict.error")} for r in failures],
-            "pools": pool_records(tree)}  # local worker pools (DESIGN.md 12)
+    report["pools"] = pool_records(tree)  # local worker pools (DESIGN.md 12)
+    searches = summaries(tree, rows)
+    if searches:
+        report["searches"] = searches
+    return report
 
 
 def _status_once(args):
@@ -284,7 +289,7 @@ def _status_once(args):
         print(json.dumps(report, indent=2))
         return 0
     counts, running = report["counts"], report["running"]
-    order = ("ready", "booked", "running", "stale", "done", "failed", "canceled", "corrupt")
+    order = ("ready", "booked", "running", "stale", "done", "failed", "canceled", "pruned", "corrupt")
     parts = [f"{counts[s]} {s}" for s in order if counts.get(s)]
     print(f"{report['total']} jobs: " + (", ".join(parts) if parts else "none"))
     if running:
@@ -301,6 +306,9 @@ def _status_once(args):
         print("\nworker pools:")
         for pool in report["pools"]:
             print(describe(pool))
+    from .searches import print_summaries
+
+    print_summaries(report.get("searches"))
     if report["failed"]:
         print("\nrecent failures:")
         for r in report["failed"]:

@@ -555,10 +555,15 @@ def run_claimed(held, opts, signals):
         workdir.commit(held.jobdir, wname, source)
         jd.remove_older_states(held.jobdir, held.epoch)
         init_state = copy.deepcopy(state)
+        from .searches import pruner_for
+
+        pruner = pruner_for(held)  # DESIGN.md 11: its decisions need each point as it is logged
         child.send({"op": "init", "state": init_state, "experiment": book["experiment"],
                     "pythonpath": book.get("pythonpath") or [], "resume": resume,
-                    "fence_after": opts.lease / 2})
-        return _Attempt(held, opts, signals, child, state, scratch).loop()
+                    "fence_after": opts.lease / 2, "flush_logs": pruner is not None})
+        attempt = _Attempt(held, opts, signals, child, state, scratch)
+        attempt.pruner = pruner
+        return attempt.loop()
     finally:
         child.close()
         if scratch:
@@ -582,6 +587,7 @@ class _Attempt:
         from .histories import Recorder
 
         self.history = Recorder(held)  # channel.log's points, fenced like the state
+        self.pruner, self.pruned = None, None  # a search trial's early stopping (run_claimed)
 
     def _deadlines(self):
         poll = booking.boottime() + 1.0  # look at the experiment's process at least every second
@@ -644,6 +650,11 @@ class _Attempt:
             self.final = msg
         elif op == "log":
             self.history.append(msg.get("points"))
+            if self.pruner and self.pruned is None:
+                self.pruned = self.pruner.observe(msg.get("points"))  # the step it decided at
+                if self.pruned is not None:  # ignoring 'prune' ends like a cancel, after --grace
+                    self.child.send({"op": "signal", "value": "prune"})
+                    self.stop_deadline = booking.boottime() + self.opts.grace
 
     def _changed_config(self, state):
         """A reason when the experiment overwrote a config key (values.changed_config_key)."""
@@ -771,6 +782,10 @@ class _Attempt:
         # killed by a signal (the OOM killer) may have left a setsid daemon writing in our
         # directory. Only the first proves that the next attempt may start in place (5.1).
         book["ended"] = self.held.epoch if self.child.proc.exited_itself else None
+        if self.pruned is not None and msg.get("op") != "error":  # final: never retried (DESIGN.md 11)
+            book.update(status="pruned", returned=msg.get("returned"), pruned_at_step=self.pruned,
+                        error=self.kill_reason)
+            return _commit(self.held, state, ExitCode.OK, f"{self.held.jobdir}: pruned at step {self.pruned}")
         if msg.get("op") == "result" and msg.get("returned") == "complete":
             book.update(status="done", returned="complete")
             return _commit(self.held, state, ExitCode.OK, f"{self.held.jobdir}: done")
@@ -903,6 +918,11 @@ def work(tree, *, max_jobs=None, wait=False, poll=None, select_rows=None, on_out
             passes += 1
             loop.observer.ask_scheduler()  # scheduler-gone fast path: one squeue call per pass
             progressed, seen_any = loop.one_pass(full)
+            if not progressed and loop.discovery is not None and not loop.done():
+                from .searches import serve  # DESIGN.md 11: nothing runnable, so ask a search
+
+                progressed, pending = serve(loop)
+                seen_any = seen_any or pending
             if progressed:
                 backoff, full = poll / 4, True
                 continue
@@ -977,17 +997,20 @@ class _WorkLoop:
         for path, first in candidates:
             if self.done():
                 break
-            outcome = self._try(path, first)
-            if outcome is None:
-                continue
-            self.ran += 1
-            progressed = True
-            self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
-            if self.on_outcome:
-                self.on_outcome(outcome)
+            progressed = self.ran_one(self._try(path, first)) or progressed
         if self.discovery is not None:
             seen_any = bool(self.discovery.held)  # jobs running elsewhere, to watch
         return progressed, seen_any
+
+    def ran_one(self, outcome):
+        """Count an attempt's outcome (None: the job was not ours to run). True if it ran."""
+        if outcome is None:
+            return False
+        self.ran += 1
+        self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
+        if self.on_outcome:
+            self.on_outcome(outcome)
+        return True
 
     def _try(self, path, first):
         """Book and run one candidate; None when it was not ours to run."""
