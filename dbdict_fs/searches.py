@@ -313,7 +313,7 @@ def define(tree, *, experiment, space, metric, trials, fixed=None, maximize=Fals
                          f"`dbdict search {tree} --name {name} --trials M`)")
     mark_tree(tree)
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(target), f".tmp.{name}.{jd.unique_suffix()}")
+    tmp = os.path.join(os.path.dirname(target), f"{jd.TMP_PREFIX}{name}.{jd.unique_suffix()}")
     try:
         os.mkdir(tmp)
         os.mkdir(os.path.join(tmp, NUMBERS))

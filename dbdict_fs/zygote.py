@@ -60,6 +60,30 @@ def refusal():
     return None
 
 
+def quiesce_blas():
+    """Stop the worker threads OpenBLAS starts when it is loaded (numpy's, hence torch's: one
+    per core but one). OpenBLAS itself does this before every fork (its pthread_atfork
+    handler, blas_thread_shutdown_), and its next call in the fork starts them again with
+    the same settings; doing it once here, after the imports, leaves the zygote with one
+    thread, so it may fork. Returns the libraries it quiesced."""
+    import ctypes
+
+    done = []
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            paths = {line.split(None, 5)[5].strip() for line in f if len(line.split(None, 5)) == 6}
+    except OSError:
+        return done
+    for path in sorted(p for p in paths if "openblas" in os.path.basename(p).lower() and ".so" in p):
+        try:
+            shutdown = ctypes.CDLL(path).blas_thread_shutdown_
+        except (OSError, AttributeError):
+            continue
+        shutdown()
+        done.append(path)
+    return done
+
+
 def _reap(signum=None, frame=None):
     while True:
         try:
@@ -82,6 +106,7 @@ def serve(sock, modules):
     from . import child, shepherd  # what every attempt needs, imported once here too
 
     signal.signal(signal.SIGCHLD, _reap)  # the shepherds we forked: reaped as they end
+    quiesce_blas()
     reason = refusal()
     sock.sendall(f"refused {reason}\n".encode() if reason else b"ready\n")
     while True:

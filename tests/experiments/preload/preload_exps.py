@@ -36,3 +36,13 @@ def signals(state, channel):
         signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP, signal.SIGPIPE,
         signal.SIGXFSZ, signal.SIGCHLD, signal.SIGALRM, signal.SIGQUIT)}
     state.pgid_is_pid = os.getpgid(0) == os.getpid()
+
+
+def blas(state, channel):
+    """Whether numpy came preloaded, and a matrix product through its BLAS (threads again)."""
+    state.preloaded = "numpy" in sys.modules  # before this attempt imports it
+    import numpy as np
+
+    a = np.ones((300, 300))
+    state.total = float((a @ a).sum())
+    state.threads = len(os.listdir("/proc/self/task"))
