@@ -143,7 +143,9 @@ def prepare(tree, workers=None, *, time=None, partition=None, cpus_per_task=None
             wait=False, sbatch_args=(), python=None, save_every=None, max_runtime=None,
             finish_up_after=None, scratch=None, max_resumes=None):
     """Check the options and build the Plan (nothing is written: see `submit`)."""
-    tree = os.path.abspath(os.fspath(tree))
+    from . import trees
+
+    tree = trees.resolve(tree)  # the script's workers walk this path: never a link to it
     if not os.path.isdir(tree):
         raise UsageError(f"{tree}: no such directory")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
