@@ -258,3 +258,64 @@ def test_a_walk_keeps_the_live_marker_of_a_newer_requeue(tree, tmp_path):
     assert status(job) == "ready"
     proc = run_cli("work", tree)
     assert proc.returncode == 0 and executions(log) == 3, proc.stderr
+
+
+# ---------------------------------------------------------------- 11, 12. the node's shared refresh
+
+def test_a_stopped_refresh_holder_does_not_make_a_query_wait(tree, node):
+    """A query stopped (SIGSTOP, Ctrl-Z) while it holds the node's refresh lock made every
+    query, status, requeue, cancel and filtered work of that node wait 600 s."""
+    create_jobs(str(tree), [dict(x=i) for i in range(3)], experiment("double"))
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import os, signal, sys\n"
+        "from dbdict_fs import index\n"
+        "lock = index._NodeLock(index.cache_path(os.path.realpath(sys.argv[1])))\n"
+        "lock.acquire()\n"
+        "assert lock.fd is not None\n"
+        "os.kill(os.getpid(), signal.SIGSTOP)\n"), str(tree)])
+    try:
+        wait_for(lambda: proc_state(holder.pid) == "T", timeout=60, what="the holder to stop")
+        for args in (["query", tree, "--format", "json"], ["status", tree, "--format", "json"]):
+            proc = run_cli(*args, timeout=60)
+            assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["counts"] == {"ready": 3}
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_shared_refresh_never_answers_from_before_a_change_made_before_the_wait(tree, tmp_path, node):
+    """Query A begins its refresh and reads job X (ready), and is held there; job X is
+    canceled from another node; query B begins, waits for A's refresh and used it: it
+    answered `ready` for a job canceled before B began (no read-your-writes)."""
+    from dbdict_fs import index
+
+    [x, _] = create_jobs(str(tree), [dict(x=1), dict(x=2)], experiment("double")).created
+    a = traced(["query", tree, "--format", "json"], os.path.join(x, "state.0.yaml"), "openat",
+               "signal=SIGSTOP:when=1", tmp_path / "a.strace")
+    try:
+        a_pid = stopped_in(tmp_path / "a.strace", a)  # A has opened X's state (ready)
+        other = env_for("host-b", DBDICT_CACHE_DIR=str(tmp_path / "b cache"),
+                        DBDICT_LOCK_DIR=str(tmp_path / "b locks"))
+        proc = run_cli("cancel", tree, "x=1", env=other)
+        assert proc.returncode == 0 and status(x) == "canceled", proc.stderr
+        b = subprocess.Popen(CLI + ["query", str(tree), "--format", "json"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lock = index.lock_path(index.cache_path(os.path.realpath(tree)))
+
+        def waits():
+            return any(os.path.realpath(os.path.join(f"/proc/{b.pid}/fd", fd)) == lock
+                       for fd in os.listdir(f"/proc/{b.pid}/fd"))
+        wait_for(waits, timeout=60, what="query B to wait for the node's refresh lock")
+        assert a.poll() is None
+        os.kill(a_pid, signal.SIGCONT)
+        code, out, err = ended(b)
+        assert code == 0, err
+        assert a.poll() is not None  # B waited for A's refresh
+    finally:
+        for p in (a,):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    rows = {r["x"]: r["dbdict.status"] for r in json.loads(out)}
+    assert rows == {1: "canceled", 2: "ready"}, rows
