@@ -319,3 +319,22 @@ def test_a_shared_refresh_never_answers_from_before_a_change_made_before_the_wai
                 p.wait()
     rows = {r["x"]: r["dbdict.status"] for r in json.loads(out)}
     assert rows == {1: "canceled", 2: "ready"}, rows
+
+
+# ---------------------------------------------------------------- 13. tokens of killed processes
+
+@pytest.mark.parametrize("when", ["before its link", "after its link"])
+def test_a_token_left_by_a_killed_booker_is_swept_when_the_job_ends(tree, tmp_path, when):
+    """A process killed between writing its claim token and removing it left `.tok.*` for
+    good when the job then ended within the lease L (only heartbeats swept, after L)."""
+    [job] = create_jobs(str(tree), [dict(x=3)], experiment("double")).created
+    # Stopped at its link of claim.1 (not made, or made), then killed there.
+    inject = "error=EIO:signal=SIGSTOP" if when == "before its link" else "signal=SIGSTOP"
+    proc = traced(["run", job], os.path.join(job, "claim.1"), "link,linkat", inject, tmp_path / "run.strace")
+    os.kill(stopped_in(tmp_path / "run.strace", proc), signal.SIGKILL)
+    ended(proc)
+    assert [n for n in os.listdir(job) if n.startswith(".tok.")]
+    assert os.path.exists(os.path.join(job, "claim.1")) == (when == "after its link")
+    proc = run_cli("work", tree)
+    assert proc.returncode == 0 and status(job) == "done", proc.stderr
+    assert not [n for n in os.listdir(job) if n.startswith(".tok.")]
