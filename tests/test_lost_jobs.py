@@ -338,3 +338,25 @@ def test_a_token_left_by_a_killed_booker_is_swept_when_the_job_ends(tree, tmp_pa
     proc = run_cli("work", tree)
     assert proc.returncode == 0 and status(job) == "done", proc.stderr
     assert not [n for n in os.listdir(job) if n.startswith(".tok.")]
+
+
+# ---------------------------------------------------------------- a mutant the suite let live
+
+def test_a_reader_lists_again_when_the_state_it_listed_is_removed(tree, tmp_path):
+    """`show` lists the job (state.0), is stopped before its open of state.0; a cancel writes
+    state.1 and removes state.0; the reader's open fails with ENOENT and must list again."""
+    [job] = create_jobs(str(tree), [dict(x=1)], experiment("double")).created
+    reader = traced(["show", job, "--format", "json"], os.path.join(job, "state.0.yaml"), "openat",
+                    "error=EINTR:signal=SIGSTOP:when=1", tmp_path / "show.strace")
+    try:
+        pid = stopped_in(tmp_path / "show.strace", reader)
+        assert run_cli("cancel", tree).returncode == 0
+        assert not os.path.exists(os.path.join(job, "state.0.yaml"))
+        os.kill(pid, signal.SIGCONT)
+        code, out, err = ended(reader)
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait()
+    assert code == 0, err
+    assert json.loads(out)["state"]["dbdict"]["status"] == "canceled"
