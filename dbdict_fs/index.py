@@ -399,17 +399,18 @@ def _holder_stopped(path):
     """Whether every process holding the flock on `path` is stopped by a signal (state T in
     /proc: SIGSTOP, Ctrl-Z), read from /proc/locks; False when it cannot be told."""
     try:
-        ino = os.stat(path).st_ino
+        st = os.stat(path)
         with open("/proc/locks", "rb") as f:
             lines = f.read().split(b"\n")
     except OSError:
         return False
+    ours = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}".encode()
     holders = set()
     for line in lines:
         fields = line.split()
-        # "1: FLOCK  ADVISORY  WRITE 12345 08:01:4567 0 EOF" (blocked waiters have "->")
-        if len(fields) >= 6 and fields[1] == b"FLOCK" and fields[2] != b"->" \
-                and fields[5].rsplit(b":", 1)[-1] == str(ino).encode():
+        # "1: FLOCK  ADVISORY  WRITE 12345 08:01:4567 0 EOF" (a blocked waiter's line has "->"
+        # in the second field): the holder's pid, then the file's device and inode
+        if len(fields) >= 6 and fields[1] == b"FLOCK" and fields[5] == ours:
             holders.add(int(fields[4]))
     if not holders:
         return False

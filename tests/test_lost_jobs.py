@@ -64,9 +64,10 @@ def status(job):
 
 
 def traced(args, path, calls, inject, log, env=None):
-    """`dbdict ARGS` under strace: `inject` on `calls` that name `path` only."""
-    return subprocess.Popen(["strace", "-f", "-qq", "-o", str(log), "-P", str(path), "-e", f"trace={calls}",
-                             "-e", f"inject={calls}:{inject}"] + CLI + [str(a) for a in args],
+    """`dbdict ARGS` under strace: `inject` (if any) on `calls` that name `path` only."""
+    injecting = ["-e", f"inject={calls}:{inject}"] if inject else []
+    return subprocess.Popen(["strace", "-f", "-qq", "-o", str(log), "-P", str(path), "-e", f"trace={calls}"]
+                            + injecting + CLI + [str(a) for a in args],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -293,19 +294,19 @@ def test_a_shared_refresh_never_answers_from_before_a_change_made_before_the_wai
     [x, _] = create_jobs(str(tree), [dict(x=1), dict(x=2)], experiment("double")).created
     a = traced(["query", tree, "--format", "json"], os.path.join(x, "state.0.yaml"), "openat",
                "signal=SIGSTOP:when=1", tmp_path / "a.strace")
+    b = None
     try:
         a_pid = stopped_in(tmp_path / "a.strace", a)  # A has opened X's state (ready)
         other = env_for("host-b", DBDICT_CACHE_DIR=str(tmp_path / "b cache"),
                         DBDICT_LOCK_DIR=str(tmp_path / "b locks"))
         proc = run_cli("cancel", tree, "x=1", env=other)
         assert proc.returncode == 0 and status(x) == "canceled", proc.stderr
-        b = subprocess.Popen(CLI + ["query", str(tree), "--format", "json"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         lock = index.lock_path(index.cache_path(os.path.realpath(tree)))
+        b_log = tmp_path / "b.strace"
+        b = traced(["query", tree, "--format", "json"], lock, "flock", None, b_log)
 
-        def waits():
-            return any(os.path.realpath(os.path.join(f"/proc/{b.pid}/fd", fd)) == lock
-                       for fd in os.listdir(f"/proc/{b.pid}/fd"))
+        def waits():  # two failed tries: the lock is held, and B has begun to wait
+            return open(b_log).read().count("EAGAIN") + open(b_log).read().count("EWOULDBLOCK") >= 2
         wait_for(waits, timeout=60, what="query B to wait for the node's refresh lock")
         assert a.poll() is None
         os.kill(a_pid, signal.SIGCONT)
@@ -313,8 +314,8 @@ def test_a_shared_refresh_never_answers_from_before_a_change_made_before_the_wai
         assert code == 0, err
         assert a.poll() is not None  # B waited for A's refresh
     finally:
-        for p in (a,):
-            if p.poll() is None:
+        for p in (a, b):
+            if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
     rows = {r["x"]: r["dbdict.status"] for r in json.loads(out)}
