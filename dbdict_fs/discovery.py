@@ -120,7 +120,8 @@ def creating_in(directory, tree, token):
     """Before `create` puts its first job in `directory` (which exists): a marker in it that
     keeps any walk from finding it all final, then live markers for it and every directory
     above up to the tree, deepest first, so a walk that had marked them final looks again.
-    Returns the first marker's path, for `created` (a crash only leaves it: a look per walk)."""
+    Returns the first marker's path, which create removes as the call ends (a create killed
+    before that leaves it: a look per walk at that one directory)."""
     mine = os.path.join(directory, f"{LIVE}{CREATING}.{token}")
     _touch(mine)
     _mark_dirs_live(directory, tree)
