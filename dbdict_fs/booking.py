@@ -555,6 +555,40 @@ class Claim:
                 # link name the newest (it may name ours now).
                 _unlink(os.path.join(self.jobdir, jd.state_name(self.epoch)))
                 jd.update_state_link(self.jobdir)
+        elif listing is not None and state["dbdict"]["status"] in FINAL:
+            _sweep_ended_tokens(self.jobdir, listing)
+
+
+def _sweep_ended_tokens(jobdir, listing):
+    """A final commit removes the `.tok.*` files that killed bookers left (DESIGN 4), at once:
+    a heartbeat sweeps them only after seeing them unchanged for L, and a job that ends
+    within L has no more heartbeats. Removed: a token with link count 1 (it never became a
+    claim: anyone may remove it), and one that is also a claim this listing shows (claims
+    up to ours; its booker, if alive, is done with it, or finds it gone and counts the race
+    lost, which it is). A token of a newer claim made since the listing is left alone.
+    Costs nothing where no token is listed."""
+    claims = None
+    for name in listing.names:
+        if not name.startswith(".tok."):
+            continue
+        path = os.path.join(jobdir, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if st.st_nlink == 2:
+            if claims is None:
+                claims = set()
+                for epoch in listing.claim_epochs:
+                    try:
+                        claims.add(os.lstat(os.path.join(jobdir, jd.claim_name(epoch))).st_ino)
+                    except OSError:
+                        pass
+            if st.st_ino not in claims:
+                continue
+        elif st.st_nlink != 1:
+            continue
+        _unlink(path)
 
 
 def claim(jobdir, *, identity=None, observer=None, lease=DEFAULT_LEASE, heartbeat=DEFAULT_HEARTBEAT,

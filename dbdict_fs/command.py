@@ -4,6 +4,7 @@
 import os
 import sys
 
+from . import trees
 from .errors import DbdictError, ExitCode
 
 
@@ -13,6 +14,10 @@ def run_command(parse, argv):
     debug = "--debug" in argv or os.environ.get("DBDICT_DEBUG") == "1"
     try:
         args = parse()
+        # The tree (or job) a person named is resolved here, once (DESIGN 1, rev 4).
+        for name in ("tree", "jobdir"):
+            if isinstance(getattr(args, name, None), str):
+                setattr(args, name, trees.resolve(getattr(args, name)))
         return int(args.func(args))
     except DbdictError as exc:
         if debug:

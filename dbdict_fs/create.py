@@ -13,7 +13,8 @@ import shutil
 from dataclasses import dataclass, field
 
 from . import jobdir as jd
-from .discovery import created_in, forget_final, hint
+from . import trees
+from .discovery import creating_in, forget_final, hint
 from .errors import DbdictError, UsageError
 from .experiment import check_keys as check_key_names
 from .experiment import declared_defaults, resolve_experiment
@@ -125,7 +126,7 @@ def create_jobs(tree, generator, experiment, *, name=None, priority=DEFAULT_PRIO
         raise UsageError(f"tree must be a path, not {tree!r}")
     if name is not None and not isinstance(name, str):
         raise UsageError(f"name must be a template string such as 'lr{{lr}}', not {name!r}")
-    tree = os.fspath(tree)
+    tree = trees.resolve(tree)
     if os.path.exists(tree) and not os.path.isdir(tree):
         raise UsageError(f"{tree}: exists and is not a directory")
     if os.path.isfile(jd.JobPaths(tree).config):
@@ -158,15 +159,30 @@ def create_jobs(tree, generator, experiment, *, name=None, priority=DEFAULT_PRIO
 
 
 def _write_jobs(tree, jobs, result, experiment, pythonpath, priority, dry_run, existing_hashes, progress):
+    # Directories a walk marked final get live markers *before* the first job this call puts
+    # in them (dbdict_fs/discovery.py): a create ended by a signal, which runs no `finally`,
+    # must leave no job of its own hidden. Each directory's own `.live..create.*` marker goes
+    # once the call ends; a killed call leaves it, which costs walks a look of that directory.
+    creating = {}  # directory -> its `.live..create.<token>` marker
     try:
-        _write_each(tree, jobs, result, experiment, pythonpath, priority, dry_run, existing_hashes, progress)
+        _write_each(tree, jobs, result, experiment, pythonpath, priority, dry_run, existing_hashes, progress,
+                    creating)
     finally:
-        if not dry_run and (result.created or result.skipped):
-            # Directories a walk marked final hold new jobs now (dbdict_fs/discovery.py).
-            created_in({os.path.dirname(p) for p in result.created + result.skipped}, tree)
+        for marker in creating.values():
+            try:
+                os.unlink(marker)
+            except OSError:
+                pass
 
 
-def _write_each(tree, jobs, result, experiment, pythonpath, priority, dry_run, existing_hashes, progress):
+def _write_each(tree, jobs, result, experiment, pythonpath, priority, dry_run, existing_hashes, progress,
+                creating):
+    token = "c" + jd.unique_suffix().replace(".", "")
+
+    def before_placing(directory):
+        if directory not in creating:
+            creating[directory] = creating_in(directory, tree, token)
+
     for done, (rel, config, digest) in enumerate(jobs):
         if progress is not None:
             progress(done, len(jobs))
@@ -179,7 +195,7 @@ def _write_each(tree, jobs, result, experiment, pythonpath, priority, dry_run, e
             continue
         os.makedirs(tree, exist_ok=True)
         if not _write_job(tree, rel, config, experiment, pythonpath, digest, priority,
-                          placed=lambda: result.created.append(path)):
+                          placed=lambda: result.created.append(path), before_placing=before_placing):
             result.skipped.append(path)
 
 
@@ -311,11 +327,13 @@ def initial_state(config, book, priority):
 
 
 def _write_job(tree, rel, config, experiment, pythonpath, digest, priority, placed=None, extra_book=None,
-               before_rename=None):
+               before_rename=None, before_placing=None):
     """Build the job in a dot directory, then rename it into place (then `placed()`, so a
     Ctrl-C after the rename still counts the job). False if it exists. `extra_book`: more
-    bookkeeping for the first state (a search's trial: `search`, `trial`); `before_rename()`
-    may raise to abandon the job (a search's taker that lost its trial number)."""
+    bookkeeping for the first state (a search's trial: `search`, `trial`);
+    `before_placing(directory)` runs before the rename (create's markers);
+    `before_rename()` may raise to abandon the job (a search's taker that lost its trial
+    number)."""
     target = os.path.join(tree, rel)
     if os.path.exists(target):
         return False
@@ -339,6 +357,12 @@ def _write_job(tree, rel, config, experiment, pythonpath, digest, priority, plac
         jd.atomic_write(paths.state(0), jd.dump_state(state), fsync=True)
         os.symlink(jd.state_name(0), paths.state_link)
         os.makedirs(os.path.dirname(target), exist_ok=True)
+        # A job deleted by hand and created again must not stay hidden behind the old one's
+        # final mark (a mark of a name that holds no job is nobody's), nor behind the marks
+        # of the directories above it: both undone before the job appears.
+        forget_final(target)
+        if before_placing is not None:
+            before_placing(os.path.dirname(target))
         if before_rename is not None:
             before_rename()
         try:
@@ -349,9 +373,6 @@ def _write_job(tree, rel, config, experiment, pythonpath, digest, priority, plac
             raise DbdictError(f"cannot create {target}: {exc.strerror or exc}") from exc
         if placed is not None:
             placed()
-        # A job deleted by hand and created again must not stay hidden behind the old one's
-        # final mark; its directories get live markers at the end of the call (created_in).
-        forget_final(target)
         hint(target, priority, 0, tree)
         jd.fsync_dir(os.path.dirname(target))
         return True

@@ -14,17 +14,23 @@ runnable again never removes a mark (a remover racing a marker that dies before 
 undo its mark would lose); it adds a *live marker* `.live.<name>.<token>` beside the mark,
 and a walk skips `<name>` only when it has a final mark and no live marker:
 - a requeue, before linking its claim E, creates `.live.<job>.E` and then one (unique token)
-  for each directory above the job up to the tree, deepest first; `create` does the same for
-  the directories it put jobs in, at the end of the call;
+  for each directory above the job up to the command's tree (`trees.tree_of`: the tree the
+  command named, however deep the job), deepest first; `create`, before it puts the first
+  job of the call in a directory, creates `.live..create.<token>` in it (a directory holding
+  one is never all final) and then the markers of the directories above, so a create ended
+  by a signal leaves no job of its own hidden (it removes `.live..create.*` as it ends);
 - whoever finds a job final at epoch F (its committer, or a walk) marks it and removes only
-  the job's live markers with E <= F: a newer requeue's marker is never touched;
+  the job's live markers with E <= F: a newer requeue's marker is never touched; a walk
+  marks only from a listing made after the state read (a fenced holder's late `done` may
+  land after a steal that an older listing did not show);
 - a walk that finds every entry of a directory final marks the directory and removes the
   directory's live markers that it saw *before* listing the directory: a marker made after
   that was made after the one below it, which the listing then showed.
 So no interleaving, pause or crash leaves a runnable job skipped; a crash only leaves a
 marker that costs walks a look. A final job without a mark (a crash between commit and
-mark) is marked by the next walk that reads it. Directories are marked only inside a tree
-made by `create` (holding `.dbdict/`), the reach of a requeue's markers.
+mark) is marked by the next walk that reads it. Directories are marked only by a walk whose
+root is a tree made by `create` (holding `.dbdict/`), and never a directory that is itself
+such a tree: a command that names it makes markers only up to it.
 
 A walk is in random order; jobs made ready above the default priority (restart priority
 after INCOMPLETE, `create --priority`, `requeue --priority`) leave a *hint*, an empty file
@@ -40,10 +46,12 @@ import random
 
 from . import booking
 from . import jobdir as jd
+from . import trees
 from .errors import CorruptJob, JobNotFound
 
 MARK = ".final."
 LIVE = ".live."
+CREATING = ".create"  # `.live..create.<token>`: a create is putting jobs in this directory
 HINTS = os.path.join(jd.META_DIR, "hints")  # in the tree: ready jobs above the default priority
 DEFAULT_PRIORITY = 1.0
 FINAL = booking.FINAL
@@ -86,21 +94,19 @@ def mark_live(jobdir, epoch, tree=None):
     live markers for the job (token `epoch`) and for every directory above it up to the
     tree (a unique token), deepest first, so a walk that sees a directory's live marker has
     already seen the one below. A crash after any of them only costs walks a look."""
-    tree = tree or tree_of(jobdir)
+    tree = tree or trees.tree_of(jobdir)
     _touch(live_path(jobdir, int(epoch)))
     _mark_dirs_live(os.path.dirname(os.path.normpath(jobdir)), tree)
 
 
-def _mark_dirs_live(path, tree, levels=8):
-    """Live markers for `path` and the directories above it, up to (not above) `tree`."""
+def _mark_dirs_live(path, tree):
+    """Live markers for `path` and every directory above it, up to (not above) `tree`."""
     if tree is None:
         return
     tree = os.path.normpath(tree)
     token = "d" + jd.unique_suffix().replace(".", "")
-    for _ in range(levels):
-        path = os.path.normpath(path)
-        if path == tree or not path.startswith(tree + os.sep):
-            return
+    path = os.path.normpath(path)
+    while path != tree and trees.inside(path, tree):
         _touch(live_path(path, token))
         path = os.path.dirname(path)
 
@@ -110,11 +116,16 @@ def forget_final(jobdir):
     _unlink(mark_path(jobdir))
 
 
-def created_in(dirs, tree):
-    """After `create` placed jobs in `dirs`: live markers for each and the directories above
-    (once per directory per call), so a directory a walk had marked final is looked at again."""
-    for path in sorted(set(dirs), key=lambda p: -p.count(os.sep)):
-        _mark_dirs_live(path, tree)
+def creating_in(directory, tree, token):
+    """Before `create` puts its first job in `directory` (which exists): a marker in it that
+    keeps any walk from finding it all final, then live markers for it and every directory
+    above up to the tree, deepest first, so a walk that had marked them final looks again.
+    Returns the first marker's path, which create removes as the call ends (a create killed
+    before that leaves it: a look per walk at that one directory)."""
+    mine = os.path.join(directory, f"{LIVE}{CREATING}.{token}")
+    _touch(mine)
+    _mark_dirs_live(directory, tree)
+    return mine
 
 
 def _unlink(path):
@@ -126,19 +137,6 @@ def _unlink(path):
 
 
 # ---------------------------------------------------------------- priority hints
-
-def tree_of(jobdir, levels=8):
-    """The tree a job belongs to: the nearest directory above it that holds `.dbdict/`."""
-    path = os.path.dirname(os.path.normpath(os.fspath(jobdir)))
-    for _ in range(levels):
-        if os.path.isdir(os.path.join(path, jd.META_DIR)):
-            return path
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    return None
-
 
 def _hint_name(priority, rel, epoch):
     return f"{float(priority)!r}~" + rel.replace("%", "%25").replace(os.sep, "%2F") + f"~{int(epoch)}"
@@ -170,7 +168,7 @@ def hint(jobdir, priority, epoch, tree=None):
     still found by the walk, only not first."""
     if not isinstance(priority, (int, float)) or isinstance(priority, bool) or not priority > DEFAULT_PRIORITY:
         return
-    tree = tree or tree_of(jobdir)
+    tree = tree or trees.tree_of(jobdir)
     if tree is None:
         return
     rel = os.path.relpath(os.path.normpath(os.fspath(jobdir)), tree)
@@ -193,17 +191,16 @@ class Discovery:
     """
 
     def __init__(self, tree, rng=None):
-        self.tree = os.fspath(tree)
+        self.tree = trees.resolve(tree)
         self.rng = rng or random.Random()
         self.held = set()  # jobdirs seen held by another process (watched while --wait polls)
         self.damaged = {}  # jobdir -> reason (said once, never retried)
         self.marked = 0    # final jobs this worker marked (counted, for tests)
         self.pending = []  # directories not listed yet in a waiting worker's slow walk
         self.hinted = {}   # jobdir -> its priority hint's path (removed once we book the job)
-        # Directories are marked final only inside a tree made by `create` (it holds .dbdict/):
-        # that is where a requeue's live markers reach (mark_live), so a mark can be undone.
-        root = self.tree if os.path.isdir(os.path.join(self.tree, jd.META_DIR)) else tree_of(self.tree)
-        self.mark_dirs = root is not None
+        # Directories are marked final only below a tree made by `create` (it holds .dbdict/),
+        # named by this command: a requeue naming it makes markers up to it (mark_live).
+        self.mark_dirs = os.path.isdir(os.path.join(self.tree, jd.META_DIR))
 
     # -- one full walk -------------------------------------------------------------
     def walk(self):
@@ -268,7 +265,9 @@ class Discovery:
                 continue
             if jd.CONFIG not in sub:  # a deeper level of the tree (a fan-out directory)
                 if frontier is None:
-                    if (yield from self._visit(path, sub, None)) and self.mark_dirs:
+                    # A tree inside ours is never marked: a command naming it stops there.
+                    if ((yield from self._visit(path, sub, None)) and self.mark_dirs
+                            and jd.META_DIR not in sub):
                         # Every entry below is final: mark the directory, then drop the live
                         # markers we saw before listing it (a newer one was made after the
                         # marker below it, which our listing would have shown).
@@ -283,7 +282,8 @@ class Discovery:
             if found:
                 yield found
             settled += final
-        return settled == len(real) and top != self.tree  # the tree is never marked (outside it)
+        # The tree is never marked (outside it), nor a directory a create is filling.
+        return settled == len(real) and top != self.tree and CREATING not in lives
 
     def _read(self, path, names, lives=()):
         """The job's latest state from a listing we already have; marks a final job.
@@ -304,6 +304,16 @@ class Discovery:
             return (path, listing, exc), False
         book = state["dbdict"]
         if book["status"] in FINAL and listing.claim_epoch <= book["epoch"]:
+            # Mark only from a listing made after the read: a fenced holder's late `done`
+            # can land after a steal that the listing we read from did not show yet.
+            names = _list(path)
+            after = jd.Listing(names) if names is not None else None
+            if after is None or after.claim_epoch > book["epoch"] or after.state_epoch != book["epoch"]:
+                try:  # changed since: a candidate as it is now, marked (if ever) by a later walk
+                    listing, state = jd.read_latest_state(path)
+                except (JobNotFound, CorruptJob):
+                    return None, False
+                return (path, listing, state), False
             self.held.discard(path)
             self.marked += _touch(mark_path(path))
             live = False

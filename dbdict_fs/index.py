@@ -41,6 +41,7 @@ CACHE_MAGIC = b"dbdict_fs index cache 2\n"  # 2: jobs_extra, dbdict.bool
 PARALLEL_MIN_DIRS = 8
 PARALLEL_MIN_JOBS = 2000
 LOCK_WAIT = 600.0  # seconds to wait for another process's refresh before going on alone
+LOCK_LOOK = 0.5  # seconds between looks at whether the refresh we wait for is stopped
 
 _INT64 = 2 ** 63
 _KINDS = {int: "INTEGER", bool: "INTEGER", float: "REAL", str: "TEXT"}
@@ -398,10 +399,20 @@ class _NodeLock:
             import filelock
 
             lock = filelock.FileLock(path)
-            lock.acquire(timeout=LOCK_WAIT)
-            self.lock = lock
-        except (ImportError, OSError):  # filelock.Timeout is an OSError: go on without the lock
-            pass
+        except ImportError:
+            return
+        # Wait for a holder that makes progress, never for a stopped one (SIGSTOP, Ctrl-Z):
+        # its refresh may never come, so go on alone (the lock is only an optimization).
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                lock.acquire(timeout=min(LOCK_LOOK, max(0.0, deadline - time.monotonic())))
+                self.lock = lock
+                return
+            except OSError:  # filelock.Timeout is an OSError (TimeoutError)
+                pass
+            if time.monotonic() >= deadline or _holder_stopped(path):
+                return
 
     def release(self):
         if self.fd is not None:
@@ -410,6 +421,30 @@ class _NodeLock:
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+
+
+def _holder_stopped(path):
+    """Whether every process holding the flock on `path` is stopped by a signal (state T in
+    /proc: SIGSTOP, Ctrl-Z), read from /proc/locks; False when it cannot be told."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks", "rb") as f:
+            lines = f.read().split(b"\n")
+    except OSError:
+        return False
+    ours = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}".encode()
+    holders = set()
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 12345 08:01:4567 0 EOF" (a blocked waiter's line has "->"
+        # in the second field): the holder's pid, then the file's device and inode
+        if len(fields) >= 6 and fields[1] == b"FLOCK" and fields[5] == ours:
+            holders.add(int(fields[4]))
+    if not holders:
+        return False
+    from .booking import proc_stat_fields
+
+    return all((proc_stat_fields(pid) or [b""])[0] == b"T" for pid in holders)
 
 
 def _node():
@@ -432,7 +467,7 @@ def build_index(tree, cache=True, progress=False):
     `progress`: show a bar on stderr when it is a terminal and indexing takes over a second.
     Large trees are walked and parsed by os.cpu_count() processes (DBDICT_PARALLEL_MIN_JOBS).
     """
-    tree = os.fspath(tree)
+    tree = os.fspath(tree)  # as given: dbdict.path keeps it (commands give the resolved tree)
     try:
         tree_stat = os.stat(tree)
     except OSError:
@@ -533,9 +568,10 @@ class _Builder:
             self.stats["cache"] = "miss" if old is None else "hit"
             header = old[0] if old else {}
             if (lock.waited_since is not None and header.get("node") == _node()
-                    and header.get("written", 0) >= lock.waited_since):
-                # Another process of this node refreshed while we waited: that refresh is as
-                # fresh as ours would have been, so use it without walking the tree.
+                    and header.get("started", 0) >= lock.waited_since):
+                # Another process of this node refreshed while we waited, from a walk that
+                # began after we did (so after any change that ended before we began: read
+                # your writes): as fresh as ours would have been, used without walking.
                 return self._shared(old)
             return self._build(old, path)
         finally:
@@ -570,7 +606,7 @@ class _Builder:
                     m = m[:4] + ["corrupt", None] + m[6:7]
                 meta[rel] = tuple(m[:7]) + (keysets[tuple(row)], rowid)
             header = {"tree": self.tree, "abs": os.path.abspath(self.tree), "dev": self.dev, "node": _node(),
-                      "written": time.time(), "meta": meta, "keysets": list(keysets), "dirs": sorted(dirs)}
+                      "written": time.time(), "started": self.start, "meta": meta, "keysets": list(keysets), "dirs": sorted(dirs)}
             _write_cache(path, header, conn)
         return Index(conn, self.tree, self.stats)
 

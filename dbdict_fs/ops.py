@@ -13,6 +13,7 @@ import time
 
 from . import booking
 from . import jobdir as jd
+from . import trees
 from .discovery import hint, mark_final, mark_live
 from .errors import DbdictError, ExitCode, NotRunnable, UsageError
 
@@ -37,6 +38,7 @@ def fresh_status(jobdir, listing, state, ask_slurm=False):
 
 def change_job(jobdir, transform, purpose, ask_slurm=False):
     """Apply `transform(state, epoch, status) -> new state or None` under a new claim.
+    Live markers and hints reach the job's tree as `trees.tree_of` decides it.
 
     The decision is taken twice: on the fresh status before claiming (so jobs that need no
     change cost no claim, and a live holder is not fenced by mistake), and again on the
@@ -131,6 +133,7 @@ def change_many(tree, transform_for, purpose, filters=None, where=None, dry_run=
     """Apply a change to every selected job, each under its own claim. Returns
     {"selected": N, "changed": [{"path", "was"}], "errors": [message]}. `check(path)`,
     when given, may refuse a job (raising DbdictError) before anything is claimed."""
+    tree = trees.resolve(tree)  # the command's tree: what trees.tree_of answers for its jobs
     rows = _select(tree, filters, where, progress)
     report = {"selected": len(rows), "changed": [], "errors": []}
     for row in rows:

@@ -141,7 +141,9 @@ def prepare(tree, workers=None, *, time=None, partition=None, cpus_per_task=None
             **worker_options):
     """Check the options and build the Plan (nothing is written: see `submit`).
     `worker_options`: any of options.WORKER_OPTIONS, passed to each worker."""
-    tree = os.path.abspath(os.fspath(tree))
+    from . import trees
+
+    tree = trees.resolve(tree)  # the script's workers walk this path: never a link to it
     if not os.path.isdir(tree):
         raise UsageError(f"{tree}: no such directory")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):

@@ -284,10 +284,17 @@ def test_cache_skips_unchanged_jobs_and_sees_every_change(tmp_path):
 
 def test_fresh_entries_are_not_trusted_within_a_timestamp_tick(tmp_path):
     """A coarse filesystem may not move a directory's mtime for a change made in the same
-    tick: entries modified just before they were read are re-read next time."""
+    tick: entries modified just before they were read are re-read next time. The job's
+    directory keeps the key the first build saw (inode, mtime, ctime: nothing here touches
+    the directory after that build), so only the trust window can make the second build
+    read the changed state."""
     tree = tmp_path / "tree"
     job = make_job(tree, {"i": 1}, results={"v": 1})
     state_file = os.path.join(job, "state.0.yaml")
+    # Modified just before the first build reads it, however slow this machine is: the
+    # directory's mtime a minute ahead (set before that build keys the directory).
+    ahead = time.time_ns() + 60 * 10 ** 9
+    os.utime(job, ns=(ahead, ahead))
     st_dir, st_file = os.stat(job), os.stat(state_file)
     assert build_index(str(tree)).sql("SELECT v FROM jobs") == [{"v": 1}]
     state = json.load(open(state_file))
@@ -297,7 +304,8 @@ def test_fresh_entries_are_not_trusted_within_a_timestamp_tick(tmp_path):
         f.write(data.ljust(st_file.st_size))
         f.truncate(st_file.st_size)
     os.utime(state_file, ns=(st_file.st_atime_ns, st_file.st_mtime_ns))
-    os.utime(job, ns=(st_dir.st_atime_ns, st_dir.st_mtime_ns))
+    st = os.stat(job)
+    assert (st.st_ino, st.st_mtime_ns, st.st_ctime_ns) == (st_dir.st_ino, st_dir.st_mtime_ns, st_dir.st_ctime_ns)
     index = build_index(str(tree))
     assert index.stats["read"] == 1 and index.sql("SELECT v FROM jobs") == [{"v": 2}]
 
