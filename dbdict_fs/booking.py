@@ -569,7 +569,7 @@ def _sweep_ended_tokens(jobdir, listing):
     Costs nothing where no token is listed."""
     claims = None
     for name in listing.names:
-        if not name.startswith(".tok."):
+        if not name.startswith(jd.TOKEN_PREFIX):
             continue
         path = os.path.join(jobdir, name)
         try:
