@@ -76,6 +76,18 @@ def _touch(path):
         return False
 
 
+def after_commit(jobdir, epoch, state):
+    """What follows every commit of `state` under claim `epoch` (a run's end, a command's
+    change): the older state files go (DESIGN.md 3), then a final job is marked for walks to
+    skip, or a ready one above the default priority is hinted so walks try it first (9.e)."""
+    jd.remove_older_states(jobdir, epoch)
+    book = state["dbdict"]
+    if book.get("status") in booking.FINAL:
+        mark_final(jobdir, epoch, book.get("requeue_epoch"))
+    elif book.get("status") == "ready":
+        hint(jobdir, book.get("priority"), epoch)
+
+
 def mark_final(jobdir, epoch, requeue_epoch=None):
     """Mark a job whose state at `epoch` is final, after committing it (a mark is a hint).
 

@@ -14,7 +14,7 @@ import time
 from . import booking
 from . import jobdir as jd
 from . import trees
-from .discovery import hint, mark_final, mark_live
+from .discovery import after_commit, mark_live
 from .errors import DbdictError, ExitCode, NotRunnable, UsageError
 
 CANCELABLE = ("ready", "booked", "running", "stale")
@@ -70,11 +70,7 @@ def change_job(jobdir, transform, purpose, ask_slurm=False):
     if new["dbdict"]["status"] not in booking.FINAL and live is None:
         mark_live(jobdir, held.epoch)  # the decision changed after the claim: still before the state
     held.write_state(new)
-    jd.remove_older_states(jobdir, held.epoch)
-    if new["dbdict"]["status"] in booking.FINAL:
-        mark_final(jobdir, held.epoch, new["dbdict"].get("requeue_epoch"))
-    elif new["dbdict"]["status"] == "ready":
-        hint(jobdir, new["dbdict"].get("priority"), held.epoch)
+    after_commit(jobdir, held.epoch, new)
     return True
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from . import booking
 from . import jobdir as jd
 from . import options, seams, workdir
-from .discovery import Discovery, hint, mark_final
+from .discovery import Discovery, after_commit
 from .errors import CorruptJob, ExitCode, Fenced, JobNotFound, NotRunnable, UsageError, WriteError
 
 # SIGHUP (an ssh session closing, a tmux pane killed) stops like SIGTERM (DESIGN.md 5, rev 4).
@@ -553,7 +553,7 @@ def run_claimed(held, opts, signals):
         if seams.STOP_AFTER_START:
             os.kill(os.getpid(), signal.SIGSTOP)  # test seam: counts "booking -> first state write"
         workdir.commit(held.jobdir, wname, source)
-        jd.remove_older_states(held.jobdir, held.epoch)
+        after_commit(held.jobdir, held.epoch, state)  # running: the older state files go
         init_state = copy.deepcopy(state)
         from .searches import pruner_for
 
@@ -858,11 +858,7 @@ def _commit(held, state, exit_code, message):
     if held.overtaken:  # a newer claim was made before our rename landed: never say `done`
         return Outcome(held.jobdir, "lost", ExitCode.NOT_RUNNABLE,
                        f"{held.jobdir}: lost: {held.overtaken}", held.epoch)
-    jd.remove_older_states(held.jobdir, held.epoch)
-    if status in booking.FINAL:  # discovery skips it from now on (DESIGN.md 4.1)
-        mark_final(held.jobdir, held.epoch, state["dbdict"].get("requeue_epoch"))
-    elif status == "ready":  # restart priority: walks try it first
-        hint(held.jobdir, state["dbdict"].get("priority"), held.epoch)
+    after_commit(held.jobdir, held.epoch, state)  # older states out; final mark or priority hint
     return Outcome(held.jobdir, status, exit_code, message, held.epoch)
 
 

@@ -85,3 +85,12 @@ def test_runner_options_take_every_declared_option_and_only_those():
     assert set(vars(opts)) == {o.name for o in options.WORKER_OPTIONS}
     with pytest.raises(UsageError, match="did you mean 'grace'"):
         Options(grayce=1)
+
+
+def test_what_follows_a_commit_is_one_function():
+    """Removing older states, marking final, hinting: discovery.after_commit, called by the
+    runner and by commands, never spelled again beside a write_state."""
+    for module in ("runner", "ops", "searches", "pool"):
+        calls = {n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", None)
+                 for n in ast.walk(ast.parse(source(module))) if isinstance(n, ast.Call)}
+        assert not calls & {"remove_older_states", "mark_final", "hint"}, module
