@@ -85,3 +85,14 @@ def test_runner_options_take_every_declared_option_and_only_those():
     assert set(vars(opts)) == {o.name for o in options.WORKER_OPTIONS}
     with pytest.raises(UsageError, match="did you mean 'grace'"):
         Options(grayce=1)
+
+
+def test_the_index_asks_booking_without_forging_a_state():
+    """held / runnable / stale is booking's alone (DESIGN 4): the index hands it what it
+    read (listing epochs, the state's fields, the claim's token), never a made-up state
+    `{"dbdict": ...}`, and never judges the scheduler-gone path on the state's cluster_job."""
+    tree = ast.parse(source("index"))
+    forged = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Dict)
+              and any(isinstance(k, ast.Constant) and k.value == "dbdict" for k in n.keys)]
+    assert not forged, f"index.py builds a state for booking at line(s) {forged}"
+    assert "dbdict.cluster_job" not in strings("index"), "index.py judges a holder by the state's cluster_job"
