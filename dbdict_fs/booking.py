@@ -19,7 +19,6 @@ tests use to simulate other hosts (env DBDICT_HOST, DBDICT_BOOT_ID, DBDICT_CLOCK
 import errno
 import json
 import os
-import socket
 import time
 
 from . import jobdir as jd
@@ -70,6 +69,8 @@ class Identity:
 
     @classmethod
     def current(cls):
+        import socket  # here: the index imports booking on every query, socket costs ~1 ms
+
         host = os.environ.get("DBDICT_HOST") or socket.gethostname()
         boot_id = os.environ.get("DBDICT_BOOT_ID") or _read_first_line("/proc/sys/kernel/random/boot_id")
         if os.environ.get("DBDICT_HOST") and not os.environ.get("DBDICT_BOOT_ID"):
@@ -269,10 +270,10 @@ class Observer:
             return False
         if _alive(token.get("pid"), token.get("start_ticks")):
             return False
-        book = (state or {}).get("dbdict", {}) if isinstance(state, dict) else {}
-        if book.get("epoch") == epoch and _group_alive(book.get("pgid")):
+        written = Written.of(state)
+        if written.epoch == epoch and _group_alive(written.pgid):
             return False
-        shepherd = book.get("shepherd") if book.get("epoch") == epoch else None
+        shepherd = written.shepherd if written.epoch == epoch else None
         if isinstance(shepherd, list) and len(shepherd) == 2 and _alive(shepherd[0], shepherd[1]):
             return False  # its shepherd is still ending the attempt's processes (DESIGN.md 5.2)
         return True
@@ -315,11 +316,45 @@ def _read_token(jobdir, epoch):
         return {}
 
 
+class Written:
+    """What the latest state says of the attempt that wrote it: all that booking reads of a
+    state to judge a job's holder. The index keeps these fields as columns and hands them
+    over as they are (`Written(epoch, status, pgid, shepherd)`), so no caller forges a state."""
+
+    __slots__ = ("epoch", "status", "pgid", "shepherd")
+
+    def __init__(self, epoch, status, pgid=None, shepherd=None):
+        self.epoch, self.status, self.pgid, self.shepherd = epoch or 0, status, pgid, shepherd
+
+    @classmethod
+    def of(cls, state):
+        """The record of a state dict (a Written passes through; None: nothing written)."""
+        if isinstance(state, cls):
+            return state
+        book = state.get("dbdict") if isinstance(state, dict) else None
+        if not isinstance(book, dict):
+            return cls(0, None)
+        return cls(book.get("epoch"), book.get("status"), book.get("pgid"), book.get("shepherd"))
+
+
+def claim_holds(top_claim, written):
+    """Whether claim.<top_claim> holds the job: it is newer than the latest state (booked),
+    or that state is the `running` one its holder wrote."""
+    return top_claim > written.epoch or (top_claim == written.epoch and top_claim > 0
+                                         and written.status == "running")
+
+
+def needs_judging(top_claim, state_epoch, status):
+    """Whether a job's status may differ from the written one (a claim may hold it, or a
+    `running` state lost its claim): for any other job derived_status is `status` unread.
+    Lets the index skip the rest without a record per job."""
+    return top_claim > (state_epoch or 0) or status == "running"
+
+
 def holder_of(jobdir, listing, state):
     """(epoch, token) of the process that holds the job now, or (None, None)."""
     top = listing.claim_epoch
-    s = state["dbdict"]["epoch"]
-    if top > s or (top == s and top > 0 and state["dbdict"]["status"] == "running"):
+    if claim_holds(top, Written.of(state)):
         return top, _read_token(jobdir, top)
     return None, None
 
@@ -368,17 +403,17 @@ def claim_age(jobdir, epoch):
 def derived_status(jobdir, top_claim, state, token=None, identity=None, gone=(), observer=None):
     """The one derived status of a job (DESIGN 3, 4), for the index, status, requeue, cancel.
 
-    `top_claim` is the highest claim epoch listed, `state` the latest state. Returns `booked`
-    or `running` while a claim holds the job and `stale` only when booking can prove its
-    holder gone: the same-host fast path, the scheduler reporting its task gone (`gone`, or
-    `observer.gone`), or a long-lived `observer` that saw the claim unchanged for its lease.
-    Otherwise the written status. No wall clock is compared with a file's time here.
+    `top_claim` is the highest claim epoch listed, `state` the latest state (or its
+    `Written` record). Returns `booked` or `running` while a claim holds the job and `stale`
+    only when booking can prove its holder gone: the same-host fast path, the scheduler
+    reporting the task named by the holder's token gone (`gone`, or `observer.gone`), or a
+    long-lived `observer` that saw the claim unchanged for its lease. Otherwise the written
+    status. No wall clock is compared with a file's time here.
     """
-    book = state["dbdict"]
-    s_epoch = book.get("epoch") or 0
-    if not (top_claim > s_epoch or (top_claim == s_epoch and top_claim > 0 and book.get("status") == "running")):
-        return "stale" if book.get("status") == "running" else book.get("status")
-    raw = "booked" if top_claim > s_epoch else "running"
+    written = Written.of(state)
+    if not claim_holds(top_claim, written):
+        return "stale" if written.status == "running" else written.status
+    raw = "booked" if top_claim > written.epoch else "running"
     if token is None:
         token = _read_token(jobdir, top_claim)
     gone = set(gone) | (observer.gone if observer else set())
@@ -386,9 +421,26 @@ def derived_status(jobdir, top_claim, state, token=None, identity=None, gone=(),
         return "stale"
     # A one-shot view has no observation history: only the fast paths apply (no waiting).
     judge_by = observer or Observer(identity)
-    if judge_by.is_stale(jobdir, top_claim, token, state, wait=observer is not None):
+    if judge_by.is_stale(jobdir, top_claim, token, written, wait=observer is not None):
         return "stale"
     return raw
+
+
+def derived_statuses(jobs, identity=None):
+    """derived_status of many jobs as one one-shot view (the index's): `jobs` is
+    [(jobdir, top_claim, Written)]. One claim read per held job, and one batched squeue call
+    for the cluster tasks their holders' tokens name (none when no token names one).
+
+    The scheduler-gone path judges the holder, so it reads the top claim's token: the state's
+    `cluster_job` names the attempt that wrote the state, which is not the holder once a newer
+    claim exists (a booked job, a steal, a command's claim), so judging by it would call a job
+    stale whose new holder is alive, or miss a booked one whose holder's task is gone.
+    """
+    identity = identity or Identity.current()
+    tokens = [_read_token(jobdir, top) if claim_holds(top, written) else None for jobdir, top, written in jobs]
+    gone = scheduler_gone({token.get("cluster_job") for token in tokens if token})
+    return [derived_status(jobdir, top, written, token=token, identity=identity, gone=gone)
+            for (jobdir, top, written), token in zip(jobs, tokens)]
 
 
 def heartbeat_overdue(jobdir, epoch, token):

@@ -15,6 +15,7 @@ import stat
 import sys
 import time
 
+from . import booking
 from . import jobdir as jd
 from .errors import DbdictError, UsageError
 from .where import compile_where, quote
@@ -28,13 +29,20 @@ PATH, STATUS, ERROR = "dbdict.path", "dbdict.status", "dbdict.error"
 NAN = "dbdict.nan"  # comma-separated keys whose value is NaN (NULL in SQL)
 SHORT_NAMES = ("status", "path")  # always dbdict.status and dbdict.path, even beside user keys so named
 BOOL = "dbdict.bool"  # comma-separated keys whose value is a boolean (1/0 in SQL)
-LIVE = ("running", "booked")  # statuses that turn `stale` when the top claim's lease ran out
 # A directory (or state file) modified less than this long before we read it may change again
 # within the same timestamp tick without its mtime moving: such cache entries are re-read.
 TRUST_SECONDS = 2.0
 MAX_COLUMNS = 1900  # SQLite's default limit is 2000 columns per table
 OVERFLOW_SHARE = 100  # in a tree wider than that, keys held by < 1/100 of its jobs go to jobs_extra
-CACHE_MAGIC = b"dbdict_fs index cache 2\n"  # 2: jobs_extra, dbdict.bool
+CACHE_MAGIC = b"dbdict_fs index cache 3\n"  # 2: jobs_extra, dbdict.bool; 3: one meta layout
+# A job's entry in the cache ("meta"): one plain tuple whose fields these indices name. Plain,
+# because marshal stores no tuple subclass, and turning 100k entries into records on every
+# load would cost as much as unmarshalling them. DIR_KEY: the job directory's (inode,
+# mtime_ns, ctime_ns); TRUSTED: it was older than TRUST_SECONDS when read; STATE_EPOCH and
+# CLAIM_EPOCH: the listing's latest state and top claim; WRITTEN: the latest state's status
+# (`corrupt` when unreadable); KEYSET: which of the cache's keysets the row has; ROWID: its
+# row in the cached table. Jobs read in this build have KEYSET and ROWID None.
+DIR_KEY, TRUSTED, STATE_EPOCH, CLAIM_EPOCH, WRITTEN, KEYSET, ROWID = range(7)
 # A walk goes parallel (os.cpu_count() processes) when it has at least this many directories
 # to split and, by a cheap estimate, this many jobs to read ($DBDICT_PARALLEL_MIN_JOBS):
 # below it, forking and sending rows back costs more than it saves (bench/query.py).
@@ -120,30 +128,16 @@ def parse_state(raw, path, epoch):
 _MISSING = object()
 
 
-def live_status(jobdir, raw_status, claim_epoch, row, identity=None):
-    """A running or booked job's derived status, decided by booking (the one place, DESIGN 4):
-    one claim read; `row` gives the state's epoch and the experiment's process group."""
-    from . import booking
+def read_job(jobdir, names):
+    """One job -> (row, state_epoch, claim_epoch, written, state_time). Never raises for the
+    job's own files: a bad job is `corrupt` (written "corrupt", claim_epoch 0).
 
-    book = {"epoch": row.get("dbdict.epoch") or 0, "pgid": row.get("dbdict.pgid"),
-            "status": "running" if raw_status == "booked" else raw_status}
-    if raw_status == "booked":
-        book["epoch"] = min(book["epoch"], claim_epoch - 1)
-    try:
-        token = jd.read_claim(jobdir, claim_epoch) if claim_epoch else {}
-    except OSError:
-        token = {}
-    return booking.derived_status(jobdir, claim_epoch, {"dbdict": book}, token=token, identity=identity)
-
-
-def read_job(jobdir, names, want_keys):
-    """One job -> (row, meta). Never raises for the job's own files: a bad job is `corrupt`.
-
-    meta = [state_epoch, claim_epoch, raw_status, lease, state_key]; state_key is the state
-    file's (inode, mtime_ns, ctime_ns, size) when `want_keys`, for the cache.
+    `written` is the latest state's status: the row's status is derived from it by booking
+    later (judge_rows), for every job of a build at once. `state_time` is the state file's
+    max(mtime, ctime) from an fstat before reading, or None (for TRUST_SECONDS).
     """
     listing = jd.Listing(names)
-    epoch = state_key = None
+    epoch = state_time = None
     try:
         for _ in range(20):
             epoch = listing.state_epoch
@@ -160,26 +154,43 @@ def read_job(jobdir, names, want_keys):
                 raw = _read_fd(fd, st.st_size)
             finally:
                 os.close(fd)
-            if want_keys:
-                state_key = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_mtime, st.st_ctime)
+            state_time = max(st.st_mtime, st.st_ctime)
             break
         else:
             raise jd.CorruptJob(jobdir, "state files keep disappearing while being read")
         state = parse_state(raw, path, epoch)
     except DbdictError as exc:
-        return corrupt_row(jobdir, getattr(exc, "reason", str(exc))), [epoch, 0, "corrupt", None, state_key]
+        return corrupt_row(jobdir, getattr(exc, "reason", str(exc))), epoch, 0, "corrupt", state_time
     except OSError as exc:
-        return corrupt_row(jobdir, exc.strerror or str(exc)), [epoch, 0, "corrupt", None, state_key]
+        return corrupt_row(jobdir, exc.strerror or str(exc)), epoch, 0, "corrupt", state_time
     row = flatten(state)
-    claim_epoch = listing.claim_epoch
-    raw_status = "booked" if claim_epoch > epoch else state["dbdict"]["status"]
-    lease = None
-    status = raw_status
-    if raw_status in LIVE:
-        status = live_status(jobdir, raw_status, claim_epoch, row)
-    row[STATUS] = status
     row[PATH] = jobdir
-    return row, [epoch, claim_epoch, raw_status, lease, state_key]
+    return row, epoch, listing.claim_epoch, state["dbdict"]["status"], state_time
+
+
+def judge_rows(jobs, fields):
+    """The derived status (DESIGN 3) of the jobs whose status booking must judge: `jobs` =
+    [(jobdir, meta, key)], `fields(key)` -> the row's (dbdict.pgid, dbdict.shepherd), asked
+    only of those. Returns [(status, key)] for those only; the others' is the written one.
+
+    Booking decides, as one one-shot view (booking.derived_statuses): one claim read per
+    held job and one batched squeue call for the cluster tasks their holders' tokens name.
+    """
+    needs = booking.needs_judging
+    live = [(jobdir, meta, key) for jobdir, meta, key in jobs
+            if needs(meta[CLAIM_EPOCH], meta[STATE_EPOCH], meta[WRITTEN])]
+    if not live:
+        return []
+    asks = []
+    for jobdir, meta, key in live:
+        pgid, shepherd = fields(key)
+        if isinstance(shepherd, str):  # flatten() keeps a list as JSON text
+            try:
+                shepherd = json.loads(shepherd)
+            except ValueError:
+                shepherd = None
+        asks.append((jobdir, meta[CLAIM_EPOCH], booking.Written(meta[STATE_EPOCH], meta[WRITTEN], pgid, shepherd)))
+    return list(zip(booking.derived_statuses(asks), (key for _, _, key in live)))
 
 
 def corrupt_row(jobdir, reason):
@@ -485,27 +496,7 @@ def build_index(tree, cache=True, progress=False):
         if collecting:
             gc.enable()
         builder.close()
-    _mark_scheduler_gone(index.conn)
     return index
-
-
-def _mark_scheduler_gone(conn):
-    """Running jobs whose SLURM task the scheduler reports gone are stale (DESIGN 4's
-    scheduler-gone fast path): one batched squeue call, and none where nothing names a task."""
-    cols = {d[1].lower() for d in conn.execute(f"PRAGMA table_info({TABLE})")}
-    if "dbdict.cluster_job" not in cols:
-        return
-    live = conn.execute(f"SELECT rowid, {quote('dbdict.cluster_job')} FROM {TABLE} WHERE {quote(STATUS)} "
-                        f"= 'running' AND {quote('dbdict.cluster_job')} IS NOT NULL").fetchall()
-    if not live:
-        return
-    from . import booking
-
-    gone = booking.scheduler_gone({str(job) for _, job in live})
-    if gone:
-        conn.executemany(f"UPDATE {TABLE} SET {quote(STATUS)} = 'stale' WHERE rowid = ?",
-                         [(rowid,) for rowid, job in live if str(job) in gone])
-        conn.commit()
 
 
 def parallel_min_jobs():
@@ -595,6 +586,8 @@ class _Builder:
             self._refresh_live(conn, kept)
             return Index(conn, self.tree, self.stats)
         rows = self._rows(old, kept, fresh)
+        for status, row in judge_rows([(row[PATH], m, row) for _, row, m in rows], _held_fields):
+            row[STATUS] = status
         conn = sqlite3.connect(":memory:")
         table_rows = [r for _, r, _ in rows]
         keysets, overflow = fill_table(conn, table_rows)  # may turn rows corrupt, in place
@@ -602,9 +595,9 @@ class _Builder:
         if self.use_cache:
             meta = {}
             for rowid, ((rel, original, m), row) in enumerate(zip(rows, table_rows), 1):
-                if row is not original:  # made corrupt by fill_table
-                    m = m[:4] + ["corrupt", None] + m[6:7]
-                meta[rel] = tuple(m[:7]) + (keysets[tuple(row)], rowid)
+                if row is not original:  # made corrupt by fill_table: nothing for booking to judge
+                    m = m[:CLAIM_EPOCH] + (0, "corrupt")
+                meta[rel] = m[:KEYSET] + (keysets[tuple(row)], rowid)
             header = {"tree": self.tree, "abs": os.path.abspath(self.tree), "dev": self.dev, "node": _node(),
                       "written": time.time(), "started": self.start, "meta": meta, "keysets": list(keysets), "dirs": sorted(dirs)}
             _write_cache(path, header, conn)
@@ -619,7 +612,7 @@ class _Builder:
     def _walk(self, old):
         """Find every job. Returns (kept, fresh, dirs): kept = [(rel, cached meta)] reused
         unopened, fresh = [(rel, row, meta)] read now, dirs = the directories that hold jobs.
-        meta = [dir_key, trusted, state_epoch, claim_epoch, raw_status, lease, state_key, ...]."""
+        Each meta is a tuple indexed by DIR_KEY ... ROWID (see CACHE_MAGIC)."""
         tree = self.tree
         try:
             with os.scandir(tree) as it:
@@ -627,8 +620,8 @@ class _Builder:
         except OSError as exc:
             raise UsageError(f"{tree}: {exc.strerror or exc}") from None
         if any(e.name == jd.CONFIG for e in entries):  # the tree is itself one job
-            row, meta = read_job(tree, [e.name for e in entries], False)
-            return [], [(".", row, [None, False] + meta)], []
+            row, epoch, claim_epoch, written, _ = read_job(tree, [e.name for e in entries])
+            return [], [(".", row, (None, False, epoch, claim_epoch, written, None, None))], []
         old_meta = old[0]["meta"] if old else {}
         old_dirs = set(old[0].get("dirs", ())) if old else ()
         kept, pending, dirs, stack = [], [], [], []
@@ -671,7 +664,7 @@ class _Builder:
             if use_cache:
                 cached = old_meta.get(rel)
                 if cached is not None:
-                    if cached[1] and cached[0] == (st.st_ino, st.st_mtime_ns, st.st_ctime_ns):
+                    if cached[TRUSTED] and cached[DIR_KEY] == (st.st_ino, st.st_mtime_ns, st.st_ctime_ns):
                         kept.append((rel, cached))
                         self._tick()
                         continue
@@ -700,18 +693,12 @@ class _Builder:
                 dirs.append(rel)
                 self._sort(entries, rel + "/", old_meta, (), kept, stack, None)
                 continue
-            row, meta = read_job(path, names, use_cache)
-            trusted = False
+            row, epoch, claim_epoch, written, state_time = read_job(path, names)
+            dir_key, trusted = None, False
             if use_cache:
-                newest = max(st.st_mtime, st.st_ctime)
-                if meta[4] is not None:
-                    newest = max(newest, meta[4][4], meta[4][5])
-                    meta[4] = meta[4][:4]
-                trusted = self.start - newest > TRUST_SECONDS
-                meta = [(st.st_ino, st.st_mtime_ns, st.st_ctime_ns), trusted] + meta
-            else:
-                meta = [None, False] + meta
-            fresh.append((rel, row, meta))
+                newest = max(st.st_mtime, st.st_ctime, state_time or 0)
+                dir_key, trusted = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns), self.start - newest > TRUST_SECONDS
+            fresh.append((rel, row, (dir_key, trusted, epoch, claim_epoch, written, None, None)))
             self._tick()
 
     def _workers(self, pending, old_meta):
@@ -808,35 +795,41 @@ class _Builder:
             conn.close()
             keysets = old[0]["keysets"]
             for rel, meta in kept:
-                vals = values[meta[8]]
-                more = extra.get(meta[8])
+                vals = values[meta[ROWID]]
+                more = extra.get(meta[ROWID])
                 row = {}
-                for key in keysets[meta[7]]:
+                for key in keysets[meta[KEYSET]]:
                     i = index.get(key.lower())
                     if i is not None:
                         row[key] = vals[i]
                     elif more is not None and key.lower() in more:
                         row[key] = more[key.lower()]
-                if meta[4] in LIVE:
-                    row[STATUS] = live_status(row[PATH], meta[4], meta[3], row)
-                out.append((rel, row, list(meta)))
+                out.append((rel, row, meta))
         out.sort(key=lambda item: item[0])
         return out
 
     def _refresh_live(self, conn, kept):
-        """Cached running/booked jobs: whether they are stale depends on their holder now."""
-        live = [(rel, meta) for rel, meta in kept if meta[4] in LIVE]
-        if not live:
-            return
-        cols = {d[1].lower() for d in conn.execute(f"PRAGMA table_info({TABLE})")}
-        pick = ", ".join(quote(c) if c in cols else "NULL" for c in ("dbdict.epoch", "dbdict.pgid"))
-        updates = []
-        for rel, meta in live:
-            epoch, pgid = conn.execute(f"SELECT {pick} FROM {TABLE} WHERE rowid = ?", (meta[8],)).fetchone()
-            row = {"dbdict.epoch": epoch, "dbdict.pgid": pgid}
-            updates.append((live_status(os.path.join(self.tree, rel), meta[4], meta[3], row), meta[8]))
-        conn.executemany(f"UPDATE {TABLE} SET {quote(STATUS)} = ? WHERE rowid = ?", updates)
-        conn.commit()
+        """Cached jobs that a claim may hold: whether they are stale depends on their holder now."""
+        cols = None
+
+        def fields(rowid):
+            nonlocal cols
+            if cols is None:
+                have = {d[1].lower() for d in conn.execute(f"PRAGMA table_info({TABLE})")}
+                cols = ", ".join(quote(c) if c in have else "NULL" for c in _HELD_FIELDS)
+            return conn.execute(f"SELECT {cols} FROM {TABLE} WHERE rowid = ?", (rowid,)).fetchone()
+
+        updates = judge_rows([(os.path.join(self.tree, rel), meta, meta[ROWID]) for rel, meta in kept], fields)
+        if updates:
+            conn.executemany(f"UPDATE {TABLE} SET {quote(STATUS)} = ? WHERE rowid = ?", updates)
+            conn.commit()
+
+
+_HELD_FIELDS = ("dbdict.pgid", "dbdict.shepherd")  # what booking.Written takes from a row, beside meta
+
+
+def _held_fields(row):
+    return tuple(row.get(name) for name in _HELD_FIELDS)
 
 
 # ---------------------------------------------------------------- the Python API

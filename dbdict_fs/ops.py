@@ -119,8 +119,11 @@ def _select(tree, filters=None, where=None, progress=False):
     # status counts, query shows and requeue/cancel select is the same for every job.
     rows = query.select(tree, filters=filters, where=where, progress=progress)
     for row in rows:
-        if row.get("dbdict.status") == "stale" and row.get("dbdict.cluster_job"):
-            row["_slurm_gone"] = True  # change_job asks squeue again, for the claim it sees
+        # The index may have judged the holder's task gone by its claim's token (the state's
+        # cluster_job names the writer, not the holder): change_job asks squeue again, for
+        # the claim it sees, only where that claim's token names a task.
+        if row.get("dbdict.status") == "stale":
+            row["_slurm_gone"] = True
     return rows
 
 

@@ -205,6 +205,37 @@ def test_booked_stale_and_running(tmp_path):
         alive_here: "running"}
 
 
+
+def test_scheduler_gone_judges_the_holder_by_its_claims_token(tmp_path, monkeypatch):
+    """DESIGN 4's scheduler-gone fast path, asked by booking once per build (cold or warm):
+    a held job whose top claim's token names a task squeue no longer lists is stale, whatever
+    task its state names (that is the attempt that wrote the state, not the holder)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    squeue = bin_dir / "squeue"
+    squeue.write_text('#!/bin/sh\necho "$@" >> "$(dirname "$0")/calls"\necho "5_0 RUNNING"\n')
+    squeue.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    tree = tmp_path / "tree"
+    alive, dead = dict(TOKEN, cluster_job="5_0"), dict(TOKEN, cluster_job="9_0")
+    running = make_job(tree, {"x": 1}, status="running", epoch=1, claims=[alive], cluster_job="5_0")
+    gone = make_job(tree, {"x": 2}, status="running", epoch=1, claims=[dead], cluster_job="9_0")
+    # booked by a live task after an attempt of a task now gone: its holder is alive
+    rebooked = make_job(tree, {"x": 3}, epoch=1, claims=[dead, alive], cluster_job="9_0")
+    # booked by a task now gone before it wrote a state: only its token names the task
+    booked_gone = make_job(tree, {"x": 4}, claims=[dead])
+    done = make_job(tree, {"x": 5}, status="done", epoch=1, claims=[dead], cluster_job="9_0")
+    want = {running: "running", gone: "stale", rebooked: "booked", booked_gone: "stale", done: "done"}
+    assert {p: r["dbdict.status"] for p, r in by_path(build_index(str(tree), cache=True)).items()} == want
+    time.sleep(TRUST_SECONDS + 0.1)
+    for reused in (0, 5):  # read again (now trusted), then every row from the cache
+        index = build_index(str(tree), cache=True)
+        assert index.stats["reused"] == reused
+        assert {p: r["dbdict.status"] for p, r in by_path(index).items()} == want
+    calls = (bin_dir / "calls").read_text().splitlines()
+    assert len(calls) == 3 and all(c.split()[2] == "5_0,9_0" for c in calls), calls  # one per build
+
+
 # ---------------------------------------------------------------- the cache
 
 def snapshot(index):

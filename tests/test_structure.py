@@ -94,3 +94,14 @@ def test_what_follows_a_commit_is_one_function():
         calls = {n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", None)
                  for n in ast.walk(ast.parse(source(module))) if isinstance(n, ast.Call)}
         assert not calls & {"remove_older_states", "mark_final", "hint"}, module
+
+
+def test_the_index_asks_booking_without_forging_a_state():
+    """held / runnable / stale is booking's alone (DESIGN 4): the index hands it what it
+    read (listing epochs, the state's fields, the claim's token), never a made-up state
+    `{"dbdict": ...}`, and never judges the scheduler-gone path on the state's cluster_job."""
+    tree = ast.parse(source("index"))
+    forged = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Dict)
+              and any(isinstance(k, ast.Constant) and k.value == "dbdict" for k in n.keys)]
+    assert not forged, f"index.py builds a state for booking at line(s) {forged}"
+    assert "dbdict.cluster_job" not in strings("index"), "index.py judges a holder by the state's cluster_job"
