@@ -22,6 +22,10 @@ import os
 import time
 
 from . import jobdir as jd
+from .procs import alive as _alive
+from .procs import boottime
+from .procs import group_alive as _group_alive
+from .procs import start_ticks as process_start_ticks
 from . import seams
 from .errors import Fenced, JobNotFound, NotRunnable, UsageError, WriteError
 from .options import DEFAULT_HEARTBEAT, DEFAULT_LEASE
@@ -32,11 +36,6 @@ FINAL = ("done", "failed", "canceled", "pruned")  # pruned: a search stopped it 
 
 
 # ---------------------------------------------------------------- identity and clocks
-
-def boottime():
-    """Seconds on CLOCK_BOOTTIME: keeps counting through SIGSTOP and suspend, never jumps."""
-    return time.clock_gettime(time.CLOCK_BOOTTIME)
-
 
 def wallclock():
     """This host's wall clock (only ever recorded for people, never compared across hosts)."""
@@ -83,58 +82,6 @@ class Identity:
 
     def same_machine(self, token):
         return bool(self.boot_id) and token.get("boot_id") == self.boot_id and token.get("pidns") == self.pidns
-
-
-def proc_stat_fields(pid):
-    """The fields of /proc/<pid>/stat after the command name (state first), or None."""
-    try:
-        with open(f"/proc/{int(pid)}/stat", "rb") as f:
-            data = f.read()
-    except (OSError, ValueError):
-        return None
-    try:
-        return data[data.rindex(b")") + 2:].split()
-    except ValueError:
-        return None
-
-
-def process_start_ticks(pid):
-    """Field 22 of /proc/<pid>/stat: tells a pid from a later process that reused it."""
-    fields = proc_stat_fields(pid)
-    try:
-        return int(fields[19]) if fields else None
-    except (ValueError, IndexError):
-        return None
-
-
-def _alive(pid, start_ticks):
-    """Whether the process runs. A zombie (a dead worker that an init which never reaps left
-    behind) is dead: it can neither heartbeat nor write."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    fields = proc_stat_fields(pid)
-    if not fields or fields[0] in (b"Z", b"X"):
-        return False
-    ticks = process_start_ticks(pid)
-    return ticks is not None and (start_ticks is None or ticks == start_ticks)
-
-
-def _group_alive(pgid):
-    """Whether a process group has a live (non-zombie) member. Zombies left unreaped by a
-    container's init must not keep a dead worker's job from being recovered."""
-    if not isinstance(pgid, int) or pgid <= 1:
-        return False
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    for name in os.listdir("/proc"):
-        fields = proc_stat_fields(name) if name.isdigit() else None
-        if fields and len(fields) > 2 and fields[2] == str(pgid).encode() and fields[0] not in (b"Z", b"X"):
-            return True
-    return False
 
 
 # ---------------------------------------------------------------- options

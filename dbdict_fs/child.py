@@ -16,11 +16,7 @@ import threading
 import time
 
 from .experiment import State, call_experiment, load_experiment
-
-
-def _boottime():
-    """CLOCK_BOOTTIME, like the worker's fencing: it counts time the machine was suspended."""
-    return time.clock_gettime(time.CLOCK_BOOTTIME)
+from .procs import boottime
 
 
 def _json_default(value):
@@ -69,7 +65,7 @@ class Channel:
         self._state = state
         self._pending = set()
         self._lock = threading.Lock()
-        self._points, self._sent_at = [], _boottime()  # channel.log's batch
+        self._points, self._sent_at = [], boottime()  # channel.log's batch
         self.flush_each = False  # a pruned search's trial: every point goes at once (DESIGN.md 11)
 
     def __call__(self):
@@ -93,7 +89,7 @@ class Channel:
         self._state.update(metrics)
         with self._lock:
             self._points.append(point)
-            due = self.flush_each or len(self._points) >= 256 or _boottime() - self._sent_at >= 1.0
+            due = self.flush_each or len(self._points) >= 256 or boottime() - self._sent_at >= 1.0
         if due:
             self.flush()
 
@@ -101,7 +97,7 @@ class Channel:
         """Send the points not sent yet (before a save and the final result, and in batches)."""
         with self._lock:
             points, self._points = self._points, []
-            self._sent_at = _boottime()
+            self._sent_at = boottime()
         if points:
             self._link.send({"op": "log", "points": points})
 
@@ -124,7 +120,7 @@ class Link:
         self._control = os.fdopen(control_fd, "r", encoding="utf-8")
         self._result = os.fdopen(result_fd, "w", encoding="utf-8")
         self.fence_after = 300.0
-        self._last_ping = _boottime()
+        self._last_ping = boottime()
         self._replies = []
         self._cond = threading.Condition()
         self.channel = None
@@ -146,7 +142,7 @@ class Link:
             except ValueError:
                 continue
             op = msg.get("op")
-            self._last_ping = _boottime()
+            self._last_ping = boottime()
             if op == "signal" and self.channel is not None:
                 self.channel._post(msg["value"])
             elif op == "reply":
@@ -158,7 +154,7 @@ class Link:
     def _watchdog(self):
         while True:
             time.sleep(min(1.0, self.fence_after / 4))
-            if _boottime() - self._last_ping > self.fence_after:
+            if boottime() - self._last_ping > self.fence_after:
                 _die("no word from the worker for half the lease (stopped or hung)")
 
     def send(self, msg):
@@ -172,7 +168,7 @@ class Link:
         with self._cond:
             # The worker may take long (a --scratch sync-back): wait while it keeps pinging.
             while not self._replies:
-                left = self._last_ping + self.fence_after - _boottime()
+                left = self._last_ping + self.fence_after - boottime()
                 if left <= 0:
                     break
                 self._cond.wait(min(left, 1.0))

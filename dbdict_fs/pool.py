@@ -27,7 +27,6 @@ for one; booking (DESIGN.md 4) is all that keeps the workers apart, as on a clus
   (a child process) now.
 """
 
-import ctypes
 import json
 import os
 import re
@@ -39,6 +38,7 @@ import time
 
 from . import booking
 from . import jobdir as jd
+from . import procs
 from .errors import ExitCode, UsageError
 
 POOL_OPTIONS = ("--workers", "--gpus", "--gpus-per-worker")
@@ -49,7 +49,6 @@ MAX_REPLACEMENTS = 3  # per worker: a job that kills its worker every time canno
 ORPHAN_WAIT = 30.0  # s a replacement waits for a dead worker's attempt to end (then starts anyway)
 WORKERS_DIR = os.path.join(jd.META_DIR, "workers")
 POOLS_DIR = os.path.join(jd.META_DIR, "pools")
-_PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
 _OUTCOME = re.compile(rb"^(done|failed|ready|lost|error) +\S")  # cmd_work's line: f"{status:8} {jobdir}"
 _GPU_NAME = re.compile(r"^([0-9]+|(GPU|MIG)-[A-Za-z0-9/_-]+)$")
 
@@ -145,36 +144,15 @@ def worker_argv(argv, parser):
 
 # ---------------------------------------------------------------- processes
 
-def _prctl(option, value):
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
-    except (OSError, AttributeError):
-        return -1
-
-
 def _worker_preexec(pool_pid):
-    def preexec():
-        os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the pool only: it forwards it once
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)  # a pool killed -9 still stops its workers cleanly
-        if os.getppid() != pool_pid:
-            os._exit(70)  # the pool died before prctl took effect
-    return preexec
+    # a terminal's Ctrl-C reaches the pool only: it forwards it once; a pool killed -9
+    # still stops its workers cleanly (SIGTERM)
+    return procs.dies_with(pool_pid, signal.SIGTERM)
 
 
 def _children():
     """Pids of this process's children (live or zombie)."""
-    me = os.getpid()
-    try:
-        with open(f"/proc/{me}/task/{me}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        pass
-    out = []
-    for name in os.listdir("/proc"):
-        fields = booking.proc_stat_fields(name) if name.isdigit() else None
-        if fields and len(fields) > 1 and fields[1] == str(me).encode():
-            out.append(int(name))
-    return out
+    return procs.children()
 
 
 def _has_child(pid):
@@ -226,7 +204,7 @@ class Pool:
     def run(self):
         from .runner import StopSignals
 
-        _prctl(_PR_SET_CHILD_SUBREAPER, 1)  # a dead worker's shepherd comes to us, to wait for
+        procs.prctl(procs.PR_SET_CHILD_SUBREAPER, 1)  # a dead worker's shepherd comes to us, to wait for
         host = self.identity.host.replace(os.sep, "_")
         os.makedirs(os.path.join(self.tree, WORKERS_DIR), exist_ok=True)
         os.makedirs(os.path.join(self.tree, POOLS_DIR), exist_ok=True)
@@ -264,7 +242,7 @@ class Pool:
         orphans = self._reap_orphans()
         for w in self.workers:
             if w.replace_after is not None and (self.stopping or not orphans
-                                                or booking.boottime() >= w.replace_after):
+                                                or procs.boottime() >= w.replace_after):
                 w.replace_after = None
                 if not self.stopping:
                     w.replaced += 1
@@ -326,7 +304,7 @@ class Pool:
                       f"{w.replaced} times (log {w.log})")
             return
         self._say(f"worker {w.proc.pid} was killed by {name}: replacing it (log {w.log})")
-        w.replace_after = booking.boottime() + ORPHAN_WAIT
+        w.replace_after = procs.boottime() + ORPHAN_WAIT
 
     def _reap_orphans(self):
         """Reap the children that are not workers (a dead worker's attempt, reparented to the
@@ -356,8 +334,8 @@ class Pool:
                     w.proc.kill()
                     w.proc.wait()
                 self._ended(w)
-        deadline = booking.boottime() + 10
-        while self._reap_orphans() and booking.boottime() < deadline:
+        deadline = procs.boottime() + 10
+        while self._reap_orphans() and procs.boottime() < deadline:
             time.sleep(0.05)
         for w in self.workers:
             self._count(w)
@@ -424,7 +402,7 @@ class Pool:
         """TREE/.dbdict/pools/<host>-<pid>.json: what `dbdict status` shows of this pool."""
         me = os.getpid()
         record = {"host": self.identity.host, "pid": me, "boot_id": self.identity.boot_id,
-                  "pidns": self.identity.pidns, "start_ticks": booking.process_start_ticks(me),
+                  "pidns": self.identity.pidns, "start_ticks": procs.start_ticks(me),
                   "started": self.started_at, "updated": booking.utc_iso(), "workers": len(self.workers),
                   "alive": sum(w.alive for w in self.workers), "started_workers": self.started,
                   "replaced": sum(w.replaced for w in self.workers),
@@ -507,7 +485,7 @@ def pool_records(tree):
             continue
         if not isinstance(record, dict):
             continue
-        if me.same_machine(record) and not booking._alive(record.get("pid"), record.get("start_ticks")):
+        if me.same_machine(record) and not procs.alive(record.get("pid"), record.get("start_ticks")):
             continue  # killed -9 (its workers got SIGTERM): nothing runs
         out.append({k: record.get(k) for k in ("host", "pid", "workers", "alive", "started_workers", "replaced",
                                                 "not_replaced", "gpus", "started", "updated")})

@@ -6,7 +6,6 @@ The worker holds the claim and heartbeats; the experiment runs in a child proces
 
 import contextlib
 import copy
-import ctypes
 import errno
 import fcntl
 import itertools
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 
 from . import booking
 from . import jobdir as jd
-from . import options, seams, workdir
+from . import options, procs, seams, workdir
 from .discovery import Discovery, after_commit
 from .errors import CorruptJob, ExitCode, Fenced, JobNotFound, NotRunnable, UsageError, WriteError
 
@@ -34,7 +33,6 @@ from .errors import CorruptJob, ExitCode, Fenced, JobNotFound, NotRunnable, Usag
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 HARD_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # a second one of these ends the attempt at once
 _LOST = object()  # _wait_child: the claim was lost while waiting
-_PR_SET_PDEATHSIG = 1
 
 
 class Options:
@@ -130,16 +128,7 @@ DEATH_SIGNAL = signal.SIGHUP  # dbdict_fs.child turns it into a kill of its whol
 def _shepherd_preexec(worker):
     """In the shepherd before exec: own process group (a terminal's ^C goes to the worker
     only), and DEATH_SIGNAL when the worker dies (it then kills the whole attempt)."""
-    def preexec():
-        os.setpgid(0, 0)
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, DEATH_SIGNAL, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass  # not Linux: the shepherd pipe's EOF still ends the attempt
-        if os.getppid() != worker:
-            os._exit(70)  # the worker died before prctl took effect
-    return preexec
+    return procs.dies_with(worker, DEATH_SIGNAL)
 
 
 def _child_env(env_extra):
@@ -267,7 +256,7 @@ def _start_shepherd(cwd, stdio, env, fence_after, zygote=None):
             pid = zygote.fork_attempt((*stdio, *theirs), cwd, env, float(fence_after))
             if pid is not None:
                 proc = _ShepherdHandle(pid, report_r, own=False)
-        elif shepherd.thread_count() == 1:
+        elif procs.thread_count() == 1:
             for stream in (sys.stdout, sys.stderr):
                 stream.flush()  # a fork must not carry our unwritten output
             pid = shepherd.fork_shepherd(shep_r, report_w, float(fence_after), (control_r, result_w), stdio, cwd,
@@ -344,7 +333,7 @@ class Child:
     def __init__(self, cwd, out, err, env_extra, fence_after=300.0, preload=None, warn=None):
         self.proc, self._control, self.result_fd, self._shepherd, pid = _spawn_child(
             cwd, out, err, env_extra, fence_after, preload, warn)
-        self.shepherd = [self.proc.pid, booking.process_start_ticks(self.proc.pid)]
+        self.shepherd = [self.proc.pid, procs.start_ticks(self.proc.pid)]
         self.pid = pid  # the experiment's process, leader of its own process group
         self._buf = b""
         self.eof = False

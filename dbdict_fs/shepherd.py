@@ -30,7 +30,6 @@ Two ways to start it (docs/design.md 9.h):
   another thread, forever).
 """
 
-import ctypes
 import gc
 import os
 import select
@@ -39,43 +38,14 @@ import sys
 import time
 
 from . import seams
-from .booking import proc_stat_fields
+from .procs import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, boottime, prctl, processes
 
-_PR_SET_PDEATHSIG = 1
-_PR_SET_CHILD_SUBREAPER = 36
 DEATH_SIGNAL = signal.SIGHUP  # what the worker's death sends us (and us dying, the experiment)
-
-
-def _boottime():
-    return time.clock_gettime(time.CLOCK_BOOTTIME)
-
-
-def _prctl(option, value):
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(option, value, 0, 0, 0)
-    except (OSError, AttributeError):
-        return -1
-
-
-def _processes():
-    """pid -> (state, ppid, pgid) of every process in /proc."""
-    out = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        fields = proc_stat_fields(name)
-        if fields and len(fields) > 2:
-            try:
-                out[int(name)] = (fields[0], int(fields[1]), int(fields[2]))
-            except ValueError:
-                continue
-    return out
 
 
 def attempt_processes(root, pgid):
     """Live (non-zombie) pids descending from `root` (not itself) or in process group `pgid`."""
-    procs = _processes()
+    procs = processes()
     children = {}
     for pid, (_, ppid, _) in procs.items():
         children.setdefault(ppid, []).append(pid)
@@ -103,16 +73,6 @@ def test_stop(step):
             seams.stop_here(marker)
 
 
-def thread_count():
-    """Threads of this process, Python's or not (a C library's), from /proc."""
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        import threading
-
-        return threading.active_count()
-
-
 def _close_fds_except(keep):
     """Close every descriptor but `keep`: a fork inherits all of its parent's (a worker's
     claim files, pipes of other attempts, the zygote's socket), and must hold none of them."""
@@ -133,7 +93,7 @@ def _after_fork(parent, keep):
     when `parent` dies, no signal handler or wakeup fd of the process it was forked from,
     none of its descriptors but `keep`."""
     os.setpgid(0, 0)
-    _prctl(_PR_SET_PDEATHSIG, DEATH_SIGNAL)
+    prctl(PR_SET_PDEATHSIG, DEATH_SIGNAL)
     if os.getppid() != parent:
         os._exit(70)  # the parent died before prctl took effect
     signal.set_wakeup_fd(-1)
@@ -163,7 +123,7 @@ def fork_shepherd(ctl_fd, report_fd, fence_after, pass_fds, stdio, cwd, *, cmd=N
         for target, fd in enumerate(stdio):
             os.dup2(fd, target)
         _after_fork(parent, {0, 1, 2, ctl_fd, report_fd, *pass_fds})
-        _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
         try:
             os.chdir(cwd)
         except OSError as exc:
@@ -309,7 +269,7 @@ class Shepherd:
             signal.signal(sig, signal.SIG_IGN)
         # PR_SET_PDEATHSIG was set by the worker before exec (it survives exec).
         self.start()
-        last_ping = _boottime()
+        last_ping = boottime()
         reason = None
         while reason is None:
             self._reap()
@@ -318,7 +278,7 @@ class Shepherd:
             if self.died:
                 reason = "the worker died"
                 break
-            left = last_ping + self.fence_after - _boottime()
+            left = last_ping + self.fence_after - boottime()
             if left <= 0:
                 reason = "no word from the worker for half the lease (stopped or hung)"
                 break
@@ -342,7 +302,7 @@ class Shepherd:
                 elif b"k" in data:
                     reason = "ordered by the worker"
                 else:
-                    last_ping = _boottime()
+                    last_ping = boottime()
         if reason:
             try:
                 os.write(2, f"dbdict: experiment killed: {reason}\n".encode())
@@ -363,7 +323,7 @@ class Shepherd:
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
     ctl_fd, report_fd, fence_after = int(argv[0]), int(argv[1]), float(argv[2])
     pass_fds = tuple(int(x) for x in argv[3].split(",") if x)
     cmd = argv[argv.index("--") + 1:]

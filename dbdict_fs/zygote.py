@@ -33,7 +33,8 @@ import socket
 import subprocess
 import sys
 
-_PR_SET_PDEATHSIG = 1
+from . import procs
+
 _FDS = 7  # stdin, stdout, stderr, control_r, result_w, shepherd_r, report_w
 START_TIMEOUT = 600.0  # s the first start may take to import (torch on a cold file system)
 
@@ -50,7 +51,7 @@ def _cuda_initialised():
 
 def refusal():
     """Why this process must not fork an attempt now, or None."""
-    from .shepherd import thread_count
+    from .procs import thread_count
 
     if _cuda_initialised():
         return "CUDA was initialised at import (a fork cannot use it)"
@@ -186,16 +187,8 @@ class Zygote:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         worker = os.getpid()
 
-        def preexec():
-            os.setpgid(0, 0)  # a terminal's ^C goes to the worker only
-            try:
-                import ctypes
-
-                ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            except (OSError, AttributeError):
-                pass
-            if os.getppid() != worker:
-                os._exit(70)
+        # a terminal's ^C goes to the worker only; the zygote dies with it (SIGKILL)
+        preexec = procs.dies_with(worker, signal.SIGKILL)
 
         safe = ["-P"] if sys.version_info >= (3, 11) else []
         try:

@@ -72,9 +72,9 @@ def wait_for(condition, timeout=30, interval=0.05, what="condition", detail=None
 
 def pid_gone(pid):
     """True when the process no longer runs (no such pid, or a zombie nobody reaped yet)."""
-    from dbdict_fs.booking import proc_stat_fields
+    from dbdict_fs.procs import stat_fields
 
-    fields = proc_stat_fields(pid)
+    fields = stat_fields(pid)
     return not fields or fields[0] in (b"Z", b"X")
 
 

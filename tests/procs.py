@@ -28,7 +28,7 @@ import sys
 import time
 
 from conftest import pid_gone, wait_for  # noqa: F401 - re-exported for the booking tests
-from dbdict_fs.booking import proc_stat_fields
+from dbdict_fs.procs import stat_fields as proc_stat_fields
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

@@ -200,7 +200,7 @@ def test_a_stale_hint_drop_does_not_remove_the_hint_of_the_next_requeue(tree, tm
        writer hints again -- the same name `2.0~J`;
     4. W2's unlink lands: it removes the new hint. J is ready at priority 2 with no hint, so
        walks no longer try it first (the hint is lost, not stale)."""
-    from dbdict_fs.booking import proc_stat_fields
+    from dbdict_fs.procs import stat_fields as proc_stat_fields
 
     [job] = create_jobs(str(tree), [dict(sleep=120)], experiment("sleeper"), priority=2.0).created
     hints = tree / ".dbdict" / "hints"

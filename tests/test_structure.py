@@ -105,3 +105,15 @@ def test_the_index_asks_booking_without_forging_a_state():
               and any(isinstance(k, ast.Constant) and k.value == "dbdict" for k in n.keys)]
     assert not forged, f"index.py builds a state for booking at line(s) {forged}"
     assert "dbdict.cluster_job" not in strings("index"), "index.py judges a holder by the state's cluster_job"
+
+
+def test_the_shepherd_does_not_import_booking():
+    assert "booking" not in imports_of("shepherd"), "shepherd imports booking: procs has what it needs"
+
+
+@pytest.mark.parametrize("spelling", ["time.CLOCK_BOOTTIME", "CDLL(None", "/stat\""])
+def test_process_facts_are_read_in_procs_only(spelling):
+    """The clock the fence counts on, prctl and /proc/<pid>/stat: one copy, in procs."""
+    found = [m for m in modules() if m != "procs" and spelling in "".join(
+        line for line in source(m).splitlines(keepends=True) if not line.lstrip().startswith("#"))]
+    assert not found, f"{spelling} in {found}"
