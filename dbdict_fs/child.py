@@ -184,6 +184,14 @@ def _die(reason):
         os._exit(137)
 
 
+def command(control_fd, result_fd):
+    """The argv of the experiment's process in a fresh interpreter (what `main` reads)."""
+    # -P (3.11+): `-m` would put the cwd (the job's workdir, in the shared tree) first on
+    # sys.path, and every import would list it on the file server.
+    safe = ["-P"] if sys.version_info >= (3, 11) else []
+    return [sys.executable, *safe, "-m", "dbdict_fs.child", str(control_fd), str(result_fd)]
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     control_fd, result_fd = int(argv[0]), int(argv[1])

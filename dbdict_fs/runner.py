@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from . import booking
 from . import jobdir as jd
-from . import options, procs, seams, workdir
+from . import options, procs, seams, shepherd, workdir
 from .discovery import Discovery, after_commit
 from .errors import CorruptJob, ExitCode, Fenced, JobNotFound, NotRunnable, UsageError, WriteError
 
@@ -139,13 +139,6 @@ def _child_env(env_extra):
     return env
 
 
-def _child_cmd(control_r, result_w):
-    # -P (3.11+): `-m` would put the cwd (the job's workdir, in the shared tree) first on
-    # sys.path, and every import would list it on the file server.
-    safe = ["-P"] if sys.version_info >= (3, 11) else []
-    return [sys.executable, *safe, "-m", "dbdict_fs.child", str(control_r), str(result_w)]
-
-
 class _ShepherdHandle:
     """The worker's view of an attempt's shepherd: its pid and its report pipe, whose
     `exit N` line and EOF say, without polling, that every process of the attempt is gone
@@ -197,7 +190,7 @@ class _ShepherdHandle:
             self._buf += chunk
         code = None
         for line in self._buf.split(b"\n"):
-            if line.startswith(b"exit "):
+            if line.startswith(shepherd.EXIT):
                 code = int(line.split()[1])
         # Said `exit N`: it exited on its own, after seeing every process of the attempt gone
         # (DESIGN.md 5.1's proof for an in-place start); killed (OOM), it says nothing.
@@ -242,7 +235,7 @@ def _start_shepherd(cwd, stdio, env, fence_after, zygote=None):
     thread, or a fresh interpreter (`python -m dbdict_fs.shepherd`). Returns (handle,
     control, result_fd, shepherd_fd, experiment pid), or None when the zygote did not start
     it (nothing of that try is left running: the caller tries another way)."""
-    from . import shepherd
+    from . import child
 
     control_r, control_w = os.pipe()
     result_r, result_w = os.pipe()
@@ -260,13 +253,12 @@ def _start_shepherd(cwd, stdio, env, fence_after, zygote=None):
             for stream in (sys.stdout, sys.stderr):
                 stream.flush()  # a fork must not carry our unwritten output
             pid = shepherd.fork_shepherd(shep_r, report_w, float(fence_after), (control_r, result_w), stdio, cwd,
-                                         cmd=_child_cmd(control_r, result_w), env=env)
+                                         cmd=child.command(control_r, result_w), env=env)
             proc = _ShepherdHandle(pid, report_r, own=True)
         else:  # a fork of a threaded process may inherit a lock held forever: a fresh one
-            safe = ["-P"] if sys.version_info >= (3, 11) else []
             popen = subprocess.Popen(
-                [sys.executable, *safe, "-m", "dbdict_fs.shepherd", str(shep_r), str(report_w),
-                 repr(float(fence_after)), f"{control_r},{result_w}", "--", *_child_cmd(control_r, result_w)],
+                shepherd.command(shep_r, report_w, fence_after, (control_r, result_w),
+                                 child.command(control_r, result_w)),
                 cwd=cwd, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2], env=env,
                 pass_fds=theirs, preexec_fn=_shepherd_preexec(os.getpid()), close_fds=True)
             popen.returncode = 0  # reaped through its handle, never by Popen
@@ -279,7 +271,7 @@ def _start_shepherd(cwd, stdio, env, fence_after, zygote=None):
         for fd in theirs:
             os.close(fd)
     line = proc.read_line(60) if proc is not None else b""
-    if not line.startswith(b"pid "):
+    if not line.startswith(shepherd.PID):
         for fd in ours[:3]:
             os.close(fd)  # EOF on the shepherd's pipe: it ends whatever it started
         if proc is not None:
@@ -289,7 +281,7 @@ def _start_shepherd(cwd, stdio, env, fence_after, zygote=None):
                 proc.kill()
         else:
             os.close(report_r)
-        if line.startswith(b"error "):  # it could not enter the workdir: the job's own damage
+        if line.startswith(shepherd.ERROR):  # it could not enter the workdir: the job's own damage
             _, code, reason = (line.decode(errors="replace").split(" ", 2) + [""])[:3]
             raise OSError(int(code) if code.isdigit() else errno.EIO, reason, cwd)
         return None
@@ -379,11 +371,11 @@ class Child:
     def ping(self):
         """Tell the experiment and its shepherd that the worker lives (after a heartbeat)."""
         self.send({"op": "ping"})
-        self._to_shepherd(b"p")
+        self._to_shepherd(shepherd.PING)
 
     def kill(self):
         """End every process of the attempt: the shepherd kills them all, then exits."""
-        self._to_shepherd(b"k")
+        self._to_shepherd(shepherd.KILL)
         if getattr(self, "pid", None):
             try:
                 os.killpg(self.pid, signal.SIGKILL)  # at once; the shepherd sweeps the rest

@@ -127,7 +127,7 @@ def fork_shepherd(ctl_fd, report_fd, fence_after, pass_fds, stdio, cwd, *, cmd=N
         try:
             os.chdir(cwd)
         except OSError as exc:
-            _report(report_fd, f"error {exc.errno or 0} {exc.strerror or exc}")
+            _report(report_fd, ERROR, f"{exc.errno or 0} {exc.strerror or exc}")
             os._exit(71)
         test_stop("shepherd-forked")
         code = Shepherd(ctl_fd, report_fd, fence_after, pass_fds, cmd, fork_main=fork_main, env=env).run()
@@ -140,9 +140,24 @@ def fork_shepherd(ctl_fd, report_fd, fence_after, pass_fds, stdio, cwd, *, cmd=N
         os._exit(code)
 
 
-def _report(fd, line):
+# Both ends of the shepherd's pipes, spelled here only. Worker -> shepherd, one byte each:
+PING = b"p"  # the worker lives (after each heartbeat)
+KILL = b"k"  # end every process of the attempt, then exit
+# Shepherd -> worker, one line each: PID first (the experiment started) or ERROR (it could
+# not: `error ERRNO REASON`), EXIT last (every process of the attempt is gone).
+PID, EXIT, ERROR = b"pid ", b"exit ", b"error "
+
+
+def command(ctl_fd, report_fd, fence_after, pass_fds, cmd):
+    """The argv of a shepherd in a fresh interpreter (what `main` reads), running `cmd`."""
+    safe = ["-P"] if sys.version_info >= (3, 11) else []  # no cwd (the shared workdir) on sys.path
+    return [sys.executable, *safe, "-m", "dbdict_fs.shepherd", str(ctl_fd), str(report_fd),
+            repr(float(fence_after)), ",".join(str(fd) for fd in pass_fds), "--", *cmd]
+
+
+def _report(fd, word, text):
     try:
-        os.write(fd, (line + "\n").encode())
+        os.write(fd, word + f"{text}\n".encode())
     except OSError:
         pass  # the worker is gone: its death ends the attempt anyway
 
@@ -161,7 +176,7 @@ class Shepherd:
         for fd in self.pass_fds:
             os.close(fd)  # only the experiment holds them: the worker sees their EOF
         test_stop("experiment-started")
-        _report(self.report_fd, f"pid {self.exp_pid}")
+        _report(self.report_fd, PID, self.exp_pid)
 
     def _fork_experiment(self):
         """The experiment's process: a fork of this process that runs `fork_main` (a zygote's
@@ -299,7 +314,7 @@ class Shepherd:
                     data = b""
                 if not data:
                     reason = "the worker went away"
-                elif b"k" in data:
+                elif KILL in data:
                     reason = "ordered by the worker"
                 else:
                     last_ping = boottime()
@@ -317,7 +332,7 @@ class Shepherd:
                 self.exp_status = 0
         code = os.waitstatus_to_exitcode(self.exp_status)
         code = 128 - code if code < 0 else min(code, 255)
-        _report(self.report_fd, f"exit {code}")  # every process is gone: the worker may go on
+        _report(self.report_fd, EXIT, code)  # every process is gone: the worker may go on
         return code
 
 
