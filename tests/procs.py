@@ -51,6 +51,11 @@ def proc_ppid(pid):
 
 def experiment_processes(tree):
     """Pids of live experiment processes (dbdict_fs.child) whose cwd is inside `tree`."""
+    return processes_in(tree, lambda cmdline: b"dbdict_fs.child" in cmdline and b"dbdict_fs.shepherd" not in cmdline)
+
+
+def processes_in(tree, wanted=lambda cmdline: b"dbdict_fs" in cmdline):
+    """Pids of live processes whose cwd is inside `tree` and whose command line is `wanted`."""
     tree = os.path.realpath(str(tree))
     found = []
     for name in os.listdir("/proc"):
@@ -62,8 +67,7 @@ def experiment_processes(tree):
             cwd = os.readlink(f"/proc/{name}/cwd")
         except OSError:
             continue
-        if b"dbdict_fs.child" in cmdline and b"dbdict_fs.shepherd" not in cmdline and (cwd == tree or cwd.startswith(tree + os.sep)) \
-                and not pid_gone(int(name)):
+        if wanted(cmdline) and (cwd == tree or cwd.startswith(tree + os.sep)) and not pid_gone(int(name)):
             found.append(int(name))
     return found
 

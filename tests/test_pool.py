@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+import procs
 from conftest import EXPERIMENTS, pid_gone, read_state, run_cli, wait_for
 from dbdict_fs import create_jobs
 from dbdict_fs.pool import plan_workers, worker_argv
@@ -39,20 +40,7 @@ def worker_pids(tree):
 
 def processes_of(tree, pids=()):
     """Live processes that are `pids` or run dbdict_fs code with their cwd inside `tree`."""
-    tree = os.path.realpath(str(tree))
-    found = [p for p in pids if not pid_gone(p)]
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                cmdline = f.read()
-            cwd = os.readlink(f"/proc/{name}/cwd")
-        except OSError:
-            continue
-        if b"dbdict_fs" in cmdline and (cwd == tree or cwd.startswith(tree + os.sep)) and not pid_gone(int(name)):
-            found.append(int(name))
-    return sorted(set(found))
+    return sorted({p for p in pids if not pid_gone(p)} | set(procs.processes_in(tree)))
 
 
 class PoolProcess:
