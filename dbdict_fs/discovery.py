@@ -108,10 +108,10 @@ def mark_live(jobdir, epoch, tree=None):
     already seen the one below. A crash after any of them only costs walks a look."""
     tree = tree or trees.tree_of(jobdir)
     _touch(live_path(jobdir, int(epoch)))
-    _mark_dirs_live(os.path.dirname(os.path.normpath(jobdir)), tree)
+    mark_dirs_live(os.path.dirname(os.path.normpath(jobdir)), tree)
 
 
-def _mark_dirs_live(path, tree):
+def mark_dirs_live(path, tree):
     """Live markers for `path` and every directory above it, up to (not above) `tree`."""
     if tree is None:
         return
@@ -136,7 +136,7 @@ def creating_in(directory, tree, token):
     before that leaves it: a look per walk at that one directory)."""
     mine = os.path.join(directory, f"{LIVE}{CREATING}.{token}")
     _touch(mine)
-    _mark_dirs_live(directory, tree)
+    mark_dirs_live(directory, tree)
     return mine
 
 

@@ -9,6 +9,10 @@ production sets them, and every seam the package has is listed here.
 - DBDICT_TEST_MAX_PASSES=N: `work` stops after N passes.
 - DBDICT_TEST_STOP_AT=<step>:<marker>[,...] (shepherd.test_stop): the process that reaches
   <step> of an attempt's start writes <marker> (its pid) and SIGSTOPs, once per marker.
+- DBDICT_TEST_SEARCH_STOP=<point>:<marker>[,...] (searches._test_stop): a trial number's
+  taker stops at `took` or `written`, once per marker.
+- DBDICT_TEST_BREAK_TRIAL_CLAIM: every holder of a trial number looks dead (a broken claim,
+  to see the tests catch it).
 """
 
 import os
@@ -28,6 +32,9 @@ STOP_BEFORE_RENAME = _stops(os.environ.get("DBDICT_TEST_STOP_BEFORE_RENAME", "")
 LOST_LINK_REPLY = bool(os.environ.get("DBDICT_TEST_LOST_LINK_REPLY"))
 STOP_AFTER_START = bool(os.environ.get("DBDICT_TEST_STOP_AFTER_START"))
 MAX_PASSES = int(os.environ.get("DBDICT_TEST_MAX_PASSES") or 0)
+SEARCH_STOP = [tuple(spec.split(":", 1)) for spec in os.environ.get("DBDICT_TEST_SEARCH_STOP", "").split(",")
+               if ":" in spec]
+BREAK_TRIAL_CLAIM = bool(os.environ.get("DBDICT_TEST_BREAK_TRIAL_CLAIM"))
 STOP_AT = [tuple(spec.split(":", 1)) for spec in os.environ.get("DBDICT_TEST_STOP_AT", "").split(",") if ":" in spec]
 
 

@@ -35,11 +35,11 @@ import math
 import os
 import random
 import re
-import signal
 import sys
 
 from . import booking
 from . import jobdir as jd
+from . import seams
 from .errors import DbdictError, Fenced, UsageError
 
 SEARCHES = os.path.join(jd.META_DIR, "searches")
@@ -543,20 +543,15 @@ def _test_stop(point):
     """Test seam: DBDICT_TEST_SEARCH_STOP=<point>:<marker> makes this process write <marker>
     (its pid) and SIGSTOP itself at <point> (`took`: a number won, its job not yet written;
     `written`: its job renamed into place, no live marker or hint yet), once per marker. A taker paused, or killed, exactly there."""
-    spec = os.environ.get("DBDICT_TEST_SEARCH_STOP", "")
-    where, _, marker = spec.partition(":")
-    if where != point or not marker or os.path.exists(marker):
-        return
-    with open(marker + ".tmp", "w") as f:
-        f.write(str(os.getpid()))
-    os.rename(marker + ".tmp", marker)
-    os.kill(os.getpid(), signal.SIGSTOP)
+    for where, marker in seams.SEARCH_STOP:
+        if where == point:
+            seams.stop_here(marker)
 
 
 def _stale(observer, ndir, epoch):
     """Whether claim.<epoch> of a trial number may be taken over: booking decides, as for jobs.
     (Test seam DBDICT_TEST_BREAK_TRIAL_CLAIM: every holder looks dead, to see tests catch it.)"""
-    if os.environ.get("DBDICT_TEST_BREAK_TRIAL_CLAIM"):
+    if seams.BREAK_TRIAL_CLAIM:
         return True
     return observer.is_stale(ndir, epoch)
 
@@ -648,17 +643,18 @@ class Taker:
             if not self._write(definition, n, params, held):
                 return None
         _test_stop("written")
-        # Live markers after the job exists, as `create` makes them (discovery.py); also when
-        # a dead taker wrote it and died before this step: a walk may have marked TREE/NAME
-        # final meanwhile, and the job must not stay hidden. Then the hint, last.
-        from .discovery import created_in
+        # Live markers again once the job exists: a taker that died after writing it (this
+        # one took its number over) may have died between its markers and the rename, and
+        # a walk may have marked TREE/NAME final meanwhile: the job must not stay hidden.
+        from .discovery import mark_dirs_live
 
-        created_in([os.path.dirname(target)], self.tree)
+        mark_dirs_live(os.path.dirname(target), self.tree)
         _mark_done(ndir, n)
         return target
 
     def _write(self, definition, n, params, held):
         from .create import DEFAULT_PRIORITY, _write_job
+        from .discovery import creating_in
         from .values import check_config, config_hash, merge
 
         config = check_config(merge(nest(definition["fixed"]), nest(params)), where=f"trial {n}")
@@ -669,10 +665,22 @@ class Taker:
             if not held.check():
                 raise Fenced(f"{held.jobdir}: trial {n} not written: {held.fenced()}")
 
-        placed = _write_job(self.tree, rel, config, experiment, definition.get("pythonpath") or [],
-                            config_hash(config, experiment), DEFAULT_PRIORITY,
-                            extra_book={"search": definition["name"], "trial": n, "trial_claim": held.epoch},
-                            before_rename=still_ours)
+        creating = []
+
+        def before_placing(directory):  # markers before the job, as `create` makes them (issue 23.3)
+            creating.append(creating_in(directory, self.tree, "t" + jd.unique_suffix().replace(".", "")))
+
+        try:
+            placed = _write_job(self.tree, rel, config, experiment, definition.get("pythonpath") or [],
+                                config_hash(config, experiment), DEFAULT_PRIORITY,
+                                extra_book={"search": definition["name"], "trial": n, "trial_claim": held.epoch},
+                                before_rename=still_ours, before_placing=before_placing)
+        finally:
+            for marker in creating:  # the directory's own marker goes; the ones above stay
+                try:
+                    os.unlink(marker)
+                except OSError:
+                    pass
         return placed or os.path.exists(os.path.join(self.tree, rel, jd.CONFIG))
 
 

@@ -117,3 +117,9 @@ def test_process_facts_are_read_in_procs_only(spelling):
     found = [m for m in modules() if m != "procs" and spelling in "".join(
         line for line in source(m).splitlines(keepends=True) if not line.lstrip().startswith("#"))]
     assert not found, f"{spelling} in {found}"
+
+
+def test_test_seams_are_read_in_seams_only():
+    """Every DBDICT_TEST_* variable is read once, in seams.py, which lists them all."""
+    readers = [m for m in modules() if m != "seams" and any(s.startswith("DBDICT_TEST_") for s in strings(m))]
+    assert not readers, f"test seams read outside seams.py: {readers}"
