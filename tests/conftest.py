@@ -2,11 +2,19 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 
 import pytest
+
+# A suite started in the background by a shell without job control (`make test &`, a batch
+# job) inherits SIGINT ignored, and so would every command the tests start: a Ctrl-C test
+# would see nothing happen. A handled signal is reset to the default at exec, so the
+# commands get the disposition a terminal gives them.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXPERIMENTS = os.path.join(HERE, "experiments")
