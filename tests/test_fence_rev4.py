@@ -422,3 +422,26 @@ def test_a_scratch_sync_back_checks_the_claim_before_every_file(tree, tmp_path):
     state = committed(job)
     assert state["dbdict"]["status"] == "canceled"
     assert not any(os.path.lexists(os.path.join(job, n, "b")) for n in os.listdir(job) if n.startswith("workdir"))
+
+
+def test_a_clean_incomplete_return_resumes_in_place_after_commands_too(tree):
+    """(A mutant the suite let live: clean_start taking a command's claim for the last run
+    claim, so `ended` never names it and every attempt after a cancel or requeue pays a
+    byte copy.) An INCOMPLETE return whose shepherd saw every process end, then a `cancel`
+    and a `requeue` (two command claims, whose exited processes wrote nothing in the
+    workdir): the next attempt still resumes in the same directory, in O(1)."""
+    from conftest import experiment, run_cli
+
+    from dbdict_fs import create_jobs
+
+    job = create_jobs(tree, [{"x": 1}], experiment("once_incomplete")).created[0]
+    assert run_cli("run", job).returncode == 3
+    first = read_state(job)["dbdict"]
+    assert first["ended"] == first["epoch"]
+    cli("cancel", str(tree))
+    cli("requeue", str(tree))
+    book = read_state(job)["dbdict"]
+    assert (book["status"], book["epoch"]) == ("ready", first["epoch"] + 2)
+    assert run_cli("run", job).returncode == 0
+    state = committed(job)
+    assert state["dbdict"]["status"] == "done" and state["dbdict"]["workdir"] == first["workdir"]
