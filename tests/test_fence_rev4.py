@@ -383,3 +383,65 @@ def test_a_save_after_a_newer_claim_is_refused(tree, tmp_path):
             cancel.wait()
         worker.kill()
         worker.wait()
+
+
+def test_a_scratch_sync_back_checks_the_claim_before_every_file(tree, tmp_path):
+    """(A mutant the suite let live: a --scratch sync-back that copies every file without
+    asking, before each file and chunk, whether the worker still holds the job; the check
+    the worker makes once before the sync did not notice.) The save's sync-back copies `a`,
+    then `b`; strace holds the last copy call of `a` 6 s, and a `cancel` is committed
+    meanwhile (the worker's sync keeper sees it at its next heartbeat). `b` is never synced
+    into the canceled job's committed workdir."""
+    if shutil.which("strace") is None:
+        pytest.fail("strace is missing: apt-get install strace (.ci/run installs it)")
+    job, ctl = job_with(tree, "scratch_two_files")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    trace = str(tmp_path / "trace")
+    # copy_file_range call 1 copies a's 5 bytes; call 2 (end of file) is the one held.
+    worker = subprocess.Popen(["strace", "-qq", "-o", trace, "-e", "trace=copy_file_range",
+                               "-e", "inject=copy_file_range:delay_enter=6000000:when=2",
+                               *CLI, "run", job, "--scratch", str(scratch), *SHORT],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wdir = wait_for(lambda: read_state(job)["dbdict"].get("workdir"), timeout=60, what="the running state",
+                        detail=lambda: f"exit {worker.poll()}")
+        wpath = os.path.join(job, wdir)
+
+        def copying_a():
+            return [n for n in os.listdir(wpath) if n.startswith(".tmp.a.")]
+        wait_for(copying_a, timeout=60, what="the sync-back of `a`", detail=lambda: f"exit {worker.poll()}")
+        cli("cancel", str(tree))
+        if not copying_a() or "copy_file_range" not in open(trace).read():
+            pytest.fail("the cancel was not committed while the copy of `a` was held: the test shows nothing")
+        _, err = worker.communicate(timeout=60)
+        assert worker.returncode == 4, err
+    finally:
+        worker.kill()
+        worker.wait()
+    state = committed(job)
+    assert state["dbdict"]["status"] == "canceled"
+    assert not any(os.path.lexists(os.path.join(job, n, "b")) for n in os.listdir(job) if n.startswith("workdir"))
+
+
+def test_a_clean_incomplete_return_resumes_in_place_after_commands_too(tree):
+    """(A mutant the suite let live: clean_start taking a command's claim for the last run
+    claim, so `ended` never names it and every attempt after a cancel or requeue pays a
+    byte copy.) An INCOMPLETE return whose shepherd saw every process end, then a `cancel`
+    and a `requeue` (two command claims, whose exited processes wrote nothing in the
+    workdir): the next attempt still resumes in the same directory, in O(1)."""
+    from conftest import experiment, run_cli
+
+    from dbdict_fs import create_jobs
+
+    job = create_jobs(tree, [{"x": 1}], experiment("once_incomplete")).created[0]
+    assert run_cli("run", job).returncode == 3
+    first = read_state(job)["dbdict"]
+    assert first["ended"] == first["epoch"]
+    cli("cancel", str(tree))
+    cli("requeue", str(tree))
+    book = read_state(job)["dbdict"]
+    assert (book["status"], book["epoch"]) == ("ready", first["epoch"] + 2)
+    assert run_cli("run", job).returncode == 0
+    state = committed(job)
+    assert state["dbdict"]["status"] == "done" and state["dbdict"]["workdir"] == first["workdir"]

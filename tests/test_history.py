@@ -165,3 +165,31 @@ def test_history_as_a_pandas_frame(tree):
     frame = history(job, frame=True)
     assert isinstance(frame, pandas.DataFrame) and list(frame.columns) == ["path", "step", "metric", "value"]
     assert len(frame) == 3
+
+
+# ---------------------------------------------------------------- a mutant the suite let live
+
+def test_a_canceled_attempts_points_past_its_last_commit_never_show(tree):
+    """(A mutant the suite let live: readers that read a history file past the byte count
+    the state commits, or the newest file instead of the one it names.) A saves steps 1..3,
+    then keeps logging points it never commits; a `cancel` fences it. Its file holds those
+    points, before and after the cancel, but the committed history is steps 1..3 only."""
+    job = make_job(tree, "saves_then_logs")
+    a = subprocess.Popen(CLI + ["run", job, "--lease", "3", "--heartbeat", "0.5"], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: os.path.exists(os.path.join(job, "workdir", "committed")), 60, what="A's save",
+                 detail=lambda: f"exit {a.poll()}")
+        wait_for(lambda: any(p["valid_err"] == -1.0 for p in raw_points(job)), 30, what="points past the save")
+        out = run_cli("cancel", tree)
+        assert out.returncode == 0, out.stderr
+        _, err = a.communicate(timeout=60)
+        assert a.returncode == 4, err  # fenced by the cancel: it never claims an outcome
+    finally:
+        if a.poll() is None:
+            a.kill()
+            a.wait()
+    state = read_state(job)
+    assert state["dbdict"]["status"] == "canceled" and state["dbdict"]["history"]["epoch"] == 1
+    assert [p["valid_err"] for p in raw_points(job)].count(-1.0) >= 1  # the file holds them
+    rows = history(job)
+    assert [(r[1], r[3]) for r in rows] == [(1, 1.0), (2, 0.5), (3, 1.0 / 3)]

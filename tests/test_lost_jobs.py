@@ -261,6 +261,43 @@ def test_a_walk_keeps_the_live_marker_of_a_newer_requeue(tree, tmp_path):
     assert proc.returncode == 0 and executions(log) == 3, proc.stderr
 
 
+
+def test_a_walk_marking_a_directory_keeps_a_newer_requeues_marker_of_it(tree, tmp_path):
+    """(A mutant the suite let live: a walk that, marking a directory final, removed every
+    live marker of it, not only those its listing showed before it listed the directory.)
+    g/j1 is done and g/j2 created since. The worker W runs j2, finds g all final, and is
+    stopped at its open of `.final.g`; a requeue of j1 then makes `g/.live.j1.2` and
+    `.live.g.<token>` and writes `ready`. W marks g and must leave the requeue's marker of
+    g alone: without it, every walk skips g and j1, ready, is never run."""
+    log = tmp_path / "log"
+    exp = experiment("append_log")
+    [job] = create_jobs(str(tree), [dict(i=1, log=str(log))], exp, name="g/j{i}").created
+    assert run_cli("work", tree).returncode == 0 and executions(log) == 1
+    create_jobs(str(tree), [dict(i=2, log=str(log))], exp, name="g/j{i}")
+    w = traced(["work", tree], mark_path(tree / "g"), "openat", "error=EINTR:signal=SIGSTOP:when=1",
+               tmp_path / "w.strace")
+    try:
+        pid = stopped_in(tmp_path / "w.strace", w)
+        assert executions(log) == 2  # j2 ran; W is about to mark g
+        out = run_cli("requeue", tree, "--force", "i=1")
+        assert out.returncode == 0 and status(job) == "ready", out.stderr
+        marker = [n for n in os.listdir(tree) if n.startswith(".live.g.")]
+        assert marker, "the requeue made no live marker of g: the test shows nothing"
+        os.kill(pid, signal.SIGCONT)
+        code, _, err = ended(w)
+        assert code == 0, err
+    finally:
+        if w.poll() is None:
+            w.kill()
+            w.wait()
+    assert os.path.exists(mark_path(tree / "g"))
+    proc = run_cli("work", tree)
+    assert proc.returncode == 0, proc.stderr
+    assert status(job) == "done" and executions(log) == 3, (
+        f"the requeued job was never run: live markers of g left: "
+        f"{[n for n in os.listdir(tree) if n.startswith('.live.g.')]}")
+
+
 # ---------------------------------------------------------------- 11, 12. the node's shared refresh
 
 def test_a_stopped_refresh_holder_does_not_make_a_query_wait(tree, node):

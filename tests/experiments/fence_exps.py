@@ -97,6 +97,16 @@ def scratch_save(state, channel):
     state.result = "ok"
 
 
+def scratch_two_files(state, channel):
+    """Writes `a` (5 bytes) and `b` (empty) in its cwd (the node-local scratch copy) and
+    saves: the worker syncs them back in that order, checking its claim before each."""
+    with open("a", "w") as f:
+        f.write("aaaaa")
+    open("b", "w").close()
+    state.saved = channel.save()
+    state.result = "ok"
+
+
 def late_on_go(state, channel):
     """Writes `late` in its cwd and waits for ctl/go; then saves and sleeps (`save`), or
     returns: the test cancels the job in between."""
