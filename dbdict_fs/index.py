@@ -453,7 +453,7 @@ def _holder_stopped(path):
             holders.add(int(fields[4]))
     if not holders:
         return False
-    from .booking import proc_stat_fields
+    from .procs import stat_fields as proc_stat_fields
 
     return all((proc_stat_fields(pid) or [b""])[0] == b"T" for pid in holders)
 

@@ -123,3 +123,19 @@ def test_test_seams_are_read_in_seams_only():
     """Every DBDICT_TEST_* variable is read once, in seams.py, which lists them all."""
     readers = [m for m in modules() if m != "seams" and any(s.startswith("DBDICT_TEST_") for s in strings(m))]
     assert not readers, f"test seams read outside seams.py: {readers}"
+
+
+def test_every_import_inside_the_package_names_something_that_exists():
+    """`from .mod import name`, at any level of the code (imports inside functions too):
+    `name` is defined in `mod`. Merges that renamed a function broke three callers this way,
+    each found only when its command ran."""
+    import importlib
+
+    missing = []
+    for module in modules():
+        for node in ast.walk(ast.parse(source(module))):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                target = importlib.import_module(f"dbdict_fs.{node.module}")
+                missing += [f"{module}: from .{node.module} import {a.name}" for a in node.names
+                            if a.name != "*" and not hasattr(target, a.name)]
+    assert not missing, missing
