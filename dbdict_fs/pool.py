@@ -213,6 +213,9 @@ class Pool:
         self._shown_at = time.monotonic()  # piped: the first line after 10 s, then the final one
         with StopSignals(tuple(FORWARD)) as signals:
             self.signals = signals
+            # A worker's end wakes the loop at once: a handled SIGCHLD writes StopSignals'
+            # wakeup fd (it is no stop signal), instead of waiting out the tick's 0.5 s.
+            old_chld = signal.signal(signal.SIGCHLD, lambda signum, frame: None) if signals.fd is not None else None
             try:
                 for w in self.workers:
                     if not self.stopping:  # a signal during the starts: the rest never start
@@ -222,6 +225,8 @@ class Pool:
                     self._tick()
             finally:
                 self._end()  # still catching signals: a late Ctrl-C cannot cut the wait short
+                if old_chld is not None:
+                    signal.signal(signal.SIGCHLD, old_chld)
         return self._exit_code()
 
     def _tick(self):
