@@ -41,6 +41,21 @@ def tree(tmp_path):
     return base / "tree"
 
 
+@pytest.fixture
+def procs_to_end():
+    """Processes a test started (append them): each is resumed if stopped, then killed."""
+    started = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            try:
+                os.kill(p.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+            p.kill()
+            p.wait()
+
+
 def experiment(name):
     """Spec of one of the test experiments in tests/experiments/exps.py."""
     return f"{os.path.join(EXPERIMENTS, 'exps.py')}:{name}"

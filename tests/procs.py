@@ -395,3 +395,19 @@ def token_dead_here(**extra):
              "start_ticks": 1, "lease": 600, "heartbeat": 30, "purpose": "run", "time": "2026-01-01T00:00:00Z"}
     token.update(extra)
     return token
+
+
+def worker_starter(hosts, sides, lease, heartbeat):
+    """For a chaos run: a function that starts the next `work --wait` worker under `hosts`,
+    the sides [(the tree as a host sees it, host name)] taking turns; `.started` lists
+    every worker it started."""
+    started = []
+
+    def new_worker():
+        seen_as, host = sides[len(started) % len(sides)]
+        started.append(hosts.add(["work", seen_as, "--wait", "--lease", lease, "--heartbeat", heartbeat,
+                                  "--max-attempts", 20, "-q"], host=host))
+        return started[-1]
+
+    new_worker.started = started
+    return new_worker

@@ -133,13 +133,7 @@ def run_chaos(tree, hosts, tmp_path, *, n_workers, n_jobs, duration, seed, finis
     paths = create_jobs(tree, configs, f"{os.path.join(EXPERIMENTS, 'gap_exps.py')}:tagged").created
     assert len(paths) == n_jobs
     sides = sides or [(str(tree), None)]
-    started = []
-
-    def new_worker():
-        seen_as, host = sides[len(started) % len(sides)]
-        started.append(hosts.add(["work", seen_as, "--wait", "--lease", lease, "--heartbeat", heartbeat,
-                                  "--max-attempts", 20, "-q"], host=host))
-        return started[-1]
+    new_worker = procs.worker_starter(hosts, sides, lease, heartbeat)
 
     workers = [new_worker() for _ in range(n_workers)]
     counts = dict(kills=0, pauses=0, long_pauses=0, restarts=0, suspends=0)

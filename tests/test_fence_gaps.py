@@ -81,20 +81,6 @@ def cont_and_wait(proc, timeout=60):
     return err
 
 
-@pytest.fixture
-def procs_to_end():
-    started = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            try:
-                os.kill(p.pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
-            p.kill()
-            p.wait()
-
-
 # ---------------------------------------------------------------- 1. hidden commits
 
 def test_a_commit_hidden_by_a_newer_claim_is_reported_lost_not_done(tree, tmp_path, procs_to_end):

@@ -216,20 +216,6 @@ def stopped_taker(tree, marker, lease, procs_to_end):
     return a
 
 
-@pytest.fixture
-def procs_to_end():
-    started = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            for sig in (signal.SIGCONT, signal.SIGKILL):
-                try:
-                    os.kill(p.pid, sig)
-                except ProcessLookupError:
-                    pass
-            p.wait()
-
-
 def test_a_taker_killed_between_its_number_and_its_job_loses_no_number(tree, tmp_path, procs_to_end):
     define(tree, trials=4)
     a = stopped_taker(tree, str(tmp_path / "took"), LEASE, procs_to_end)
@@ -314,13 +300,7 @@ def search_chaos(tree, hosts, tmp_path, *, n_trials, n_workers, duration, seed, 
     log = str(tmp_path / "runs.log")
     define(tree, f"log={log}", "sleep=0.3", trials=n_trials, exp="logged")
     sides = sides or [(str(tree), "host-a"), (str(tree), "host-b")]
-    started = []
-
-    def new_worker():
-        seen_as, host = sides[len(started) % len(sides)]
-        started.append(hosts.add(["work", seen_as, "--wait", "--lease", lease, "--heartbeat", heartbeat,
-                                  "--max-attempts", 20, "-q"], host=host))
-        return started[-1]
+    new_worker = procs.worker_starter(hosts, sides, lease, heartbeat)
 
     workers = [new_worker() for _ in range(n_workers)]
     counts = dict(kills=0, pauses=0, long_pauses=0)
