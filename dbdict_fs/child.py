@@ -16,7 +16,10 @@ import threading
 import time
 
 from .experiment import State, call_experiment, load_experiment
+from . import procs
 from .procs import boottime
+
+NAME = "dbdict-child"  # a forked experiment's process name (procs.set_name)
 
 
 def _json_default(value):
@@ -244,6 +247,7 @@ def run_forked(control_fd, result_fd):
     argv, then what the interpreter's exit would do (join the threads the experiment left
     running, run its atexit functions, flush). Returns the exit code."""
     sys.argv = [os.path.abspath(__file__), str(control_fd), str(result_fd)]
+    procs.set_name(NAME)  # its command line is the zygote's: `ps -o comm`, top and tests tell them apart
     try:
         code = main([str(control_fd), str(result_fd)])
     except SystemExit as exc:

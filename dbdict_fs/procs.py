@@ -18,6 +18,16 @@ def boottime():
     return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
+def set_name(name):
+    """Set this process's name as `ps -o comm` and top show it (at most 15 bytes): a forked
+    process keeps its parent's command line, so the name is what tells it apart."""
+    try:
+        with open("/proc/self/comm", "w", encoding="ascii") as f:
+            f.write(name[:15])
+    except OSError:
+        pass
+
+
 def prctl(option, value):
     """prctl(option, value); -1 where it is not available (not Linux)."""
     try:

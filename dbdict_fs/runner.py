@@ -44,6 +44,17 @@ class Options:
         booking.check_timing(self.lease, self.heartbeat)
         if self.scratch is not None and not os.path.isdir(self.scratch):
             raise UsageError(f"--scratch {self.scratch}: no such directory")
+        if self.preload and self.fresh_interpreter:
+            raise UsageError("--preload imports into the zygote that --fresh-interpreter turns off: choose one")
+
+    def zygote(self, attempts):
+        """What this worker's zygote imports: --preload's modules; "" for the default zygote
+        (nothing of the user's), which a worker of many `attempts` (`work`) keeps: an
+        interpreter start once instead of once per attempt (a one-shot `run` would only pay
+        it later); or None when every experiment starts in a fresh interpreter."""
+        if self.preload or self.fresh_interpreter:
+            return self.preload
+        return "" if attempts == "many" else None
 
     def __repr__(self):
         return f"Options({', '.join(f'{k}={v!r}' for k, v in self.__dict__.items())})"
@@ -295,13 +306,13 @@ def _start_shepherd(cwd, stdio, env, fence_after, zygote=None):
 
 
 def _spawn_child(cwd, out, err, env_extra, fence_after, preload=None, warn=None):
-    """Start the attempt's shepherd and experiment (see _start_shepherd); with `preload`, from
-    this worker's zygote when it can. Returns (handle, control, result_fd, shepherd_fd,
+    """Start the attempt's shepherd and experiment (see _start_shepherd); unless `preload` is
+    None, from this worker's zygote for those modules ("": the default one) when it can. Returns (handle, control, result_fd, shepherd_fd,
     experiment pid); OSError when the experiment could not be started."""
     env = _child_env(env_extra)
     with open(os.devnull, "rb") as stdin:
         stdio = (stdin.fileno(), out.fileno(), err.fileno())
-        if preload:
+        if preload is not None:
             from . import zygote
 
             started = _start_shepherd(cwd, stdio, env, fence_after,
@@ -432,10 +443,9 @@ def run_job(jobdir, **options):
     jobdir = os.fspath(jobdir)
     if not os.path.isdir(jobdir):
         raise JobNotFound(jobdir, "no such directory")
-    check_job(jobdir)
-    with StopSignals() as signals, _preloaded(opts, signals):
+    with StopSignals() as signals, _preloaded(opts.zygote("one"), signals, meanwhile=lambda: check_job(jobdir)):
         held = booking.claim(jobdir, lease=opts.lease, heartbeat=opts.heartbeat, wait=False)
-        return run_claimed(held, opts, signals)
+        return run_claimed(held, opts, signals, opts.zygote("one"))
 
 
 def check_job(jobdir, state=None):
@@ -467,8 +477,9 @@ def _header(held, run, book):
     return jd.attempt_header(run, held.epoch, book["host"], book["pid"], book["start"]).encode()
 
 
-def run_claimed(held, opts, signals):
-    """Run the experiment of a job whose claim we won, and commit how it ended."""
+def run_claimed(held, opts, signals, zygote_modules=None):
+    """Run the experiment of a job whose claim we won, and commit how it ended; from the
+    worker's zygote for `zygote_modules` unless None (see Options.zygote)."""
     state = copy.deepcopy(held.state)
     book = state["dbdict"]
     if not booking.runnable_after_claim(held):
@@ -512,7 +523,7 @@ def run_claimed(held, opts, signals):
             out.flush()
             err.flush()
             child = Child(scratch.path if scratch else cwd, out, err,
-                          {"DBDICT_JOBDIR": os.path.abspath(held.jobdir)}, opts.lease / 2, opts.preload)
+                          {"DBDICT_JOBDIR": os.path.abspath(held.jobdir)}, opts.lease / 2, zygote_modules)
     except OSError as exc:
         if scratch:
             scratch.remove()
@@ -886,7 +897,7 @@ def work(tree, *, max_jobs=None, wait=False, poll=None, select_rows=None, on_out
         raise UsageError(f"--max-jobs must be a whole number >= 1, not {max_jobs!r}")
     poll = poll if poll is not None else min(opts.heartbeat, 10.0)
     loop = _WorkLoop(tree, opts, max_jobs, select_rows, on_outcome)
-    with StopSignals() as signals, _preloaded(opts, signals):
+    with StopSignals() as signals, _preloaded(opts.zygote("many"), signals):
         loop.signals = signals
         backoff = poll / 4
         full = True  # the next pass walks the whole tree (else: held jobs and one directory)
@@ -917,18 +928,27 @@ def work(tree, *, max_jobs=None, wait=False, poll=None, select_rows=None, on_out
 
 
 @contextlib.contextmanager
-def _preloaded(opts, signals):
-    """With --preload: this worker's zygote, started (and its imports waited for) before the
-    first claim, so no lease runs meanwhile; ended with the worker (`work`, or `run`'s one
-    attempt)."""
-    if not opts.preload:
+def _preloaded(modules, signals, meanwhile=None):
+    """This worker's zygote (unless --fresh-interpreter), started, then `meanwhile()` run while
+    it starts, then its readiness waited for before the first claim, so no lease runs
+    meanwhile: --preload's imports as long as they take, the default zygote's start (an
+    interpreter, nothing imported) a bounded time, after which attempts start in a fresh
+    interpreter until it is ready. Ended with the worker (`work`, or `run`'s one attempt).
+    `modules`: Options.zygote's answer."""
+    if modules is None:
+        if meanwhile is not None:
+            meanwhile()
         yield
         return
     from . import zygote
 
-    z = zygote.for_worker(opts.preload, _child_env({}), _say)
+    z = zygote.for_worker(modules, _child_env({}), _say)
     try:
-        z.wait_ready(zygote.START_TIMEOUT, also=signals.fd)
+        if z.sock is None and not z.refused:
+            z.start()
+        if meanwhile is not None:
+            meanwhile()
+        z.wait_ready(zygote.START_TIMEOUT if modules else zygote.DEFAULT_START_WAIT, also=signals.fd)
         if z.import_error:
             raise UsageError(f"--preload: {z.import_error}")
         yield
@@ -1012,7 +1032,7 @@ class _WorkLoop:
         if disc is not None:
             disc.taken(path)
         try:
-            outcome = run_claimed(held, self.opts, self.signals)
+            outcome = run_claimed(held, self.opts, self.signals, self.opts.zygote("many"))
         except NotRunnable:
             return None
         except Fenced as exc:

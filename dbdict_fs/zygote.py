@@ -37,6 +37,7 @@ from . import procs
 
 _FDS = 7  # stdin, stdout, stderr, control_r, result_w, shepherd_r, report_w
 START_TIMEOUT = 600.0  # s the first start may take to import (torch on a cold file system)
+DEFAULT_START_WAIT = 10.0  # s a worker waits for its default zygote (an interpreter start) at most
 
 
 # ---------------------------------------------------------------- the zygote process
@@ -98,6 +99,8 @@ def _reap(signum=None, frame=None):
 def serve(sock, modules):
     import importlib
 
+    procs.set_name("dbdict-zygote")
+
     for name in modules:
         try:
             importlib.import_module(name)
@@ -153,9 +156,9 @@ _ZYGOTES = {}  # (worker pid, modules) -> Zygote: one per worker process
 
 
 def for_worker(modules, env, warn):
-    """This worker's zygote for `modules` ("numpy,torch", checked by options.MODULES; started
-    on first use)."""
-    key = (os.getpid(), tuple(modules.split(",")))
+    """This worker's zygote for `modules` ("numpy,torch", checked by options.MODULES; "" for
+    the default zygote, which imports nothing of the user's; started on first use)."""
+    key = (os.getpid(), tuple(m for m in modules.split(",") if m))
     if key not in _ZYGOTES:
         _ZYGOTES[key] = Zygote(key[1], env, warn)
     return _ZYGOTES[key]
@@ -171,6 +174,8 @@ class Zygote:
 
     def __init__(self, modules, env, warn):
         self.modules, self.env, self._warn = tuple(modules), env, warn
+        # how messages name it: the default zygote (no modules) is not something the user asked for
+        self.name = f"--preload {','.join(modules)}" if modules else "the worker's zygote"
         self.proc = self.sock = None
         self.ready = False  # it said `ready`
         self.refused = None  # why it will never fork (said once)
@@ -199,7 +204,7 @@ class Zygote:
         except OSError as exc:
             ours.close()
             self.refused = f"cannot start it: {exc.strerror or exc}"
-            self._say_once("refused", f"--preload: {self.refused}; experiments start in a fresh interpreter")
+            self._say_once("refused", f"{self.name}: {self.refused}; experiments start in a fresh interpreter")
             return
         finally:
             theirs.close()
@@ -231,7 +236,7 @@ class Zygote:
             if word.startswith("error ") and self.starts == 1:
                 self.import_error = self.refused  # the caller says it: a usage error
             else:
-                self._say_once("refused", f"--preload {','.join(self.modules)}: the zygote refuses to fork: "
+                self._say_once("refused", f"{self.name}: the zygote refuses to fork: "
                                           f"{self.refused}; experiments start in a fresh interpreter")
             self.close()
         return self.ready
@@ -245,7 +250,7 @@ class Zygote:
 
     def _lost(self):
         """It died (killed, out of memory): restart it now; it serves once it is ready."""
-        self._say_once("died", f"--preload: the zygote died (exit {self._reap()}); restarting it")
+        self._say_once("died", f"{self.name}: the zygote died (exit {self._reap()}); restarting it")
         self.close()
         self.start()
 
@@ -274,7 +279,7 @@ class Zygote:
             return None
         if answer.startswith("ok "):
             return int(answer.split()[1])
-        self._say_once("refused", f"--preload: the zygote refuses to fork: {answer[8:]}; "
+        self._say_once("refused", f"{self.name}: the zygote refuses to fork: {answer[8:]}; "
                                   f"experiments start in a fresh interpreter")
         self.refused = answer[8:]
         self.close()

@@ -50,12 +50,15 @@ def proc_ppid(pid):
 
 
 def experiment_processes(tree):
-    """Pids of live experiment processes (dbdict_fs.child) whose cwd is inside `tree`."""
-    return processes_in(tree, lambda cmdline: b"dbdict_fs.child" in cmdline and b"dbdict_fs.shepherd" not in cmdline)
+    """Pids of live experiment processes whose cwd is inside `tree`: a fresh interpreter
+    (`-m dbdict_fs.child`) or a fork of a zygote (its process name is dbdict-child)."""
+    return processes_in(tree, lambda cmdline: (b"dbdict_fs.child" in cmdline and b"dbdict_fs.shepherd" not in cmdline)
+                        or cmdline.startswith(b"comm=dbdict-child\0"))
 
 
 def processes_in(tree, wanted=lambda cmdline: b"dbdict_fs" in cmdline):
-    """Pids of live processes whose cwd is inside `tree` and whose command line is `wanted`."""
+    """Pids of live processes whose cwd is inside `tree` and whose command line is `wanted`
+    (which sees it prefixed with `comm=NAME\\0`, the process name)."""
     tree = os.path.realpath(str(tree))
     found = []
     for name in os.listdir("/proc"):
@@ -64,6 +67,8 @@ def processes_in(tree, wanted=lambda cmdline: b"dbdict_fs" in cmdline):
         try:
             with open(f"/proc/{name}/cmdline", "rb") as f:
                 cmdline = f.read()
+            with open(f"/proc/{name}/comm", "rb") as f:
+                cmdline = b"comm=" + f.read().strip() + b"\0" + cmdline
             cwd = os.readlink(f"/proc/{name}/cwd")
         except OSError:
             continue

@@ -123,23 +123,24 @@ def test_a_zygote_preloading_numpy_forks_though_openblas_started_threads_at_impo
     wait_for(lambda: not tagged(tag), timeout=30, what="every process of the worker to end")
 
 
-STEPS = [  # (where the start stops, --preload or not)
-    ("zygote-request", True), ("shepherd-forked", True), ("experiment-started", True),
-    ("experiment-forked", True), ("shepherd-forked", False), ("experiment-started", False)]
+MODES = {"preload": ["--preload", "preload_state"], "default": [], "fresh": ["--fresh-interpreter"]}
+ZYGOTE_STEPS = ("zygote-request", "shepherd-forked", "experiment-started", "experiment-forked")
+STEPS = ([(step, "preload") for step in ZYGOTE_STEPS] + [(step, "default") for step in ZYGOTE_STEPS]
+         + [("shepherd-forked", "fresh"), ("experiment-started", "fresh")])  # (where the start stops, how)
 
 
-# Every step with the worker killed; the zygote, where there is one (--preload).
-KILLS = [(step, preload, victim) for step, preload in STEPS
-         for victim in (("worker", "zygote") if preload else ("worker",))]
+# Every step with the worker killed; the zygote, where there is one (--preload, and work's default).
+KILLS = [(step, mode, victim) for step, mode in STEPS
+         for victim in (("worker",) if mode == "fresh" else ("worker", "zygote"))]
 
 
-@pytest.mark.parametrize("step,preload,victim", KILLS)
+@pytest.mark.parametrize("step,mode,victim", KILLS)
 def test_kill_9_at_each_step_of_an_attempts_start_leaves_no_orphan_and_loses_no_job(
-        tree, tmp_path, step, preload, victim):
+        tree, tmp_path, step, mode, victim):
     [job] = make_jobs(tree, "bump", 1)
     tag = uuid.uuid4().hex
     marker = str(tmp_path / "stopped")
-    args = ["work", str(tree), *LONG] + (["--preload", "preload_state"] if preload else [])
+    args = ["work", str(tree), *LONG] + MODES[mode]
     worker = subprocess.Popen(CLI + args, env=env_for(tag, DBDICT_TEST_STOP_AT=f"{step}:{marker}"),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -222,13 +223,14 @@ def test_a_worker_forks_its_shepherd_only_while_it_has_one_thread(tree, tmp_path
     assert read_state(job)["dbdict"]["status"] == "done"
 
 
-@pytest.mark.parametrize("preload", [False, True])
-def test_the_experiment_finds_the_signal_dispositions_it_always_found(tree, preload):
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_the_experiment_finds_the_signal_dispositions_it_always_found(tree, mode):
     """What a fresh `python -m dbdict_fs.child` found before issue 25 (the stop signals
     ignored, SIGHUP its death handler, SIGPIPE and SIGXFSZ ignored as Python sets them, the
-    rest default, its own process group), with the shepherd forked and with --preload."""
+    rest default, its own process group), with the shepherd forked, from the default zygote
+    and with --preload."""
     [job] = make_jobs(tree, "signals", 1)
-    out = subprocess.run(CLI + ["work", str(tree)] + (["--preload", "preload_state"] if preload else []),
+    out = subprocess.run(CLI + ["work", str(tree)] + MODES[mode],
                          env=env_for(uuid.uuid4().hex), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     state = read_state(job)
@@ -236,3 +238,44 @@ def test_the_experiment_finds_the_signal_dispositions_it_always_found(tree, prel
                                 "SIGHUP": "handler", "SIGPIPE": "ign", "SIGXFSZ": "ign", "SIGCHLD": "dfl",
                                 "SIGALRM": "dfl", "SIGQUIT": "dfl"}
     assert state["pgid_is_pid"] is True
+
+
+@pytest.mark.parametrize("mode", ["default", "fresh"])
+def test_work_forks_each_experiment_from_a_zygote_unless_asked_for_fresh_interpreters(tree, mode):
+    """Without --preload, `work` keeps a zygote that imports nothing of the user's: each
+    experiment is a fork of it (an interpreter start saved per attempt, issue 25), a fresh
+    fork each time, so what one attempt changes in a module (here json, which every
+    experiment has) never reaches the next. --fresh-interpreter starts each in a new
+    interpreter instead; the experiments see the same either way."""
+    jobs = make_jobs(tree, "how_started", 3)
+    tag = uuid.uuid4().hex
+    out = subprocess.run(CLI + ["work", str(tree)] + MODES[mode], env=env_for(tag),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "zygote" not in out.stderr, out.stderr
+    states = [read_state(job) for job in jobs]
+    assert [s["dbdict"]["status"] for s in states] == ["done"] * 3, out.stderr
+    assert [s["seen"] for s in states] == [0, 0, 0]
+    assert len({s["pid"] for s in states}) == 3
+    if mode == "default":
+        assert {s["comm"] for s in states} == {"dbdict-child"} and not any(s["fresh"] for s in states), states
+    else:
+        assert "dbdict-child" not in {s["comm"] for s in states} and all(s["fresh"] for s in states), states
+    for job, state in zip(jobs, states):
+        assert os.path.realpath(state["cwd"]) == os.path.realpath(os.path.join(job, "workdir"))
+        with open(os.path.join(job, "stdout")) as f:
+            assert f.read().splitlines()[1:] == ["out"]
+    wait_for(lambda: not tagged(tag), timeout=30, what="every process of the worker to end")
+
+
+def test_run_starts_its_one_experiment_in_a_fresh_interpreter_and_refuses_preload_with_fresh(tree):
+    """A zygote pays off from a worker's second attempt: `run`'s one attempt starts the
+    experiment in a fresh interpreter (a zygote would only add its socket round trip)."""
+    from conftest import run_cli
+
+    [job] = make_jobs(tree, "how_started", 1)
+    proc = run_cli("run", job)
+    assert proc.returncode == 0, proc.stderr
+    assert read_state(job)["fresh"] is True
+    both = run_cli("work", tree, "--preload", "json", "--fresh-interpreter")
+    assert both.returncode == 2 and len(both.stderr.strip().splitlines()) == 1, both.stderr
+    assert "--fresh-interpreter" in both.stderr and "Traceback" not in both.stderr

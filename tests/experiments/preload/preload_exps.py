@@ -46,3 +46,19 @@ def blas(state, channel):
     a = np.ones((300, 300))
     state.total = float((a @ a).sum())
     state.threads = len(os.listdir("/proc/self/task"))
+
+
+def how_started(state, channel):
+    """How this attempt's process was started, and whether an earlier attempt's change to a
+    module every experiment has (json) reached it."""
+    import json
+
+    state.seen = getattr(json, "_dbdict_test_seen", 0)
+    json._dbdict_test_seen = state.seen + 1
+    state.pid = os.getpid()
+    with open("/proc/self/comm") as f:
+        state.comm = f.read().strip()
+    with open("/proc/self/cmdline", "rb") as f:
+        state.fresh = b"dbdict_fs.child" in f.read()
+    state.cwd = os.getcwd()
+    print("out", flush=True)
