@@ -68,9 +68,8 @@ class Identity:
 
     @classmethod
     def current(cls):
-        import socket  # here: the index imports booking on every query, socket costs ~1 ms
-
-        host = os.environ.get("DBDICT_HOST") or socket.gethostname()
+        # os.uname().nodename is what gethostname(2) returns on Linux, without importing socket
+        host = os.environ.get("DBDICT_HOST") or os.uname().nodename
         boot_id = os.environ.get("DBDICT_BOOT_ID") or _read_first_line("/proc/sys/kernel/random/boot_id")
         if os.environ.get("DBDICT_HOST") and not os.environ.get("DBDICT_BOOT_ID"):
             boot_id = f"{boot_id}:{host}"  # a simulated host has its own boot

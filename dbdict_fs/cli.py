@@ -471,9 +471,10 @@ examples:
         p.add_argument("--stderr", action="store_true", help="stderr instead of stdout")
         p.add_argument("--attempt", type=_positive_int, metavar="N", help="only attempt N")
         p.add_argument("-f", "--follow", action="store_true", help="keep printing as the job writes")
-    from .views import add_commands  # history, plot, report: their code loads only when run
+    if only is None or {"history", "plot", "report"} & set(only):
+        from .views import add_commands  # their code loads only when run; their options need the query's
 
-    add_commands(add, prog)
+        add_commands(add, prog)
     if only is None or "search" in only:
         from .searches import add_command as add_search  # DESIGN.md 11
 

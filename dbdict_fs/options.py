@@ -10,20 +10,19 @@ typed, not later in a worker.
 import argparse
 import math
 import os
-from dataclasses import dataclass
-
 from .errors import UsageError
 
 
-@dataclass(frozen=True)
 class Kind:
-    """What values an option takes: `parse` for a command line word, `check` for a Python value."""
+    """What values an option takes: `parse` for a command line word, `check` for a Python value.
+    (A plain class, not a dataclass: importing dataclasses costs every command ~5 ms.)"""
 
-    what: str  # "a number of seconds > 0", for messages
-    number: type = None  # float or int; None for a path or a flag
-    low: float = None
-    above: bool = False  # > low instead of >= low
-    pattern: str = None  # for a word (number None): the regular expression it must match
+    def __init__(self, what, number=None, low=None, above=False, pattern=None):
+        self.what = what  # "a number of seconds > 0", for messages
+        self.number = number  # float or int; None for a path or a flag
+        self.low = low
+        self.above = above  # > low instead of >= low
+        self.pattern = pattern  # for a word (number None): the regular expression it must match
 
     def ok(self, value):
         if self.number is None:
@@ -64,17 +63,13 @@ MODULES = Kind("module names separated by commas (numpy,torch)",
                pattern=r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(,[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*)*")
 
 
-@dataclass(frozen=True)
 class Option:
     """One worker option: its Python name, kind, default, environment variable and help."""
 
-    name: str
-    kind: Kind
-    default: object
-    help: str
-    env: str = None
-    metavar: str = "S"
-    submit: bool = True  # passed on to each worker by `dbdict submit`
+    def __init__(self, name, kind, default, help, env=None, metavar="S", submit=True):  # noqa: A002
+        self.name, self.kind, self.default, self.help = name, kind, default, help
+        self.env, self.metavar = env, metavar
+        self.submit = submit  # passed on to each worker by `dbdict submit`
 
     @property
     def flag(self):

@@ -1,7 +1,6 @@
 """Config values: what a key and a value may be, canonical hashing, and scalars typed on the
 command line like YAML scalars (never eval)."""
 
-import hashlib
 import json
 import math
 import re
@@ -114,6 +113,8 @@ def canonical(config, experiment):
 
 
 def config_hash(config, experiment):
+    import hashlib  # here: a worker checking a config never hashes (hashlib costs ~2 ms to import)
+
     return hashlib.sha256(canonical(config, experiment).encode("utf-8")).hexdigest()[:HASH_LENGTH]
 
 
