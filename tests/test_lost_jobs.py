@@ -221,7 +221,9 @@ def test_a_walk_never_marks_a_job_final_from_a_listing_older_than_the_state(tree
                 p.wait()
     book = read_state(job)["dbdict"]
     assert (book["status"], book["epoch"]) == ("running", 2)
-    proc = subprocess.run(CLI + ["work", str(tree), "--wait", *SHORT], env=env_for("host-c"),
+    # B's host: its dead pid makes claim.2 stale at once (the same-host fast path) instead of
+    # after B's 60 s lease; a job marked final would be skipped by this walk all the same.
+    proc = subprocess.run(CLI + ["work", str(tree), "--wait", *SHORT], env=env_for("host-b"),
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0 and status(job) == "done", (
         f"the stale job was not taken over: {proc.stderr.strip()!r}; marked: {os.path.exists(mark_path(job))}")
