@@ -159,16 +159,27 @@ def resolve(values):
         if value is None:
             value = o.from_env()
         out[o.name] = o.default if value is None else o.check(value)
+    check_together(out)
     return out
 
 
 def command_line(values):
     """`--flag value` words for the options in `values` that `dbdict submit` passes on."""
+    check_together(values)
     words = []
     for o in WORKER_OPTIONS:
         value = values.get(o.name)
         if value is None or not o.submit:
             continue
         o.check(value)
-        words += [o.flag, f"{value:g}" if isinstance(value, float) else str(value)]
+        if o.kind is FLAG:
+            words += [o.flag] if value else []
+        else:
+            words += [o.flag, f"{value:g}" if isinstance(value, float) else str(value)]
     return words
+
+
+def check_together(values):
+    """Refuse options that contradict each other (UsageError)."""
+    if values.get("preload") and values.get("fresh_interpreter"):
+        raise UsageError("--preload imports into the zygote that --fresh-interpreter turns off: choose one")

@@ -43,8 +43,6 @@ class Options:
         booking.check_timing(self.lease, self.heartbeat)
         if self.scratch is not None and not os.path.isdir(self.scratch):
             raise UsageError(f"--scratch {self.scratch}: no such directory")
-        if self.preload and self.fresh_interpreter:
-            raise UsageError("--preload imports into the zygote that --fresh-interpreter turns off: choose one")
 
     def zygote(self, attempts):
         """What this worker's zygote imports: --preload's modules; "" for the default zygote

@@ -294,7 +294,9 @@ def test_no_orphan_after_kill9(tree, hosts):
     a = hosts.add(["work", tree, "--lease", 60, "--heartbeat", 1], name="A")
     wait_for(lambda: child_pid(job), 60, what="the experiment to start")
     child = child_pid(job)
-    assert not pid_gone(child) and procs.proc_ppid(procs.proc_ppid(child)) == a.pid  # via its shepherd
+    shepherd = procs.proc_ppid(child)
+    # via its shepherd, forked by the worker's zygote (work's default), itself the worker's child
+    assert not pid_gone(child) and procs.proc_ppid(procs.proc_ppid(shepherd)) == a.pid
     assert procs.experiment_processes(tree) == [child]
     a.kill9()
     t0 = time.monotonic()
