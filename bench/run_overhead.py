@@ -8,7 +8,9 @@ the least when every experiment runs in a fresh Python process). Prints, side by
   fresh:   the same with --fresh-interpreter (each experiment in a new interpreter instead
            of a fork of the worker's zygote): what `work` cost before stop 19, no goal
   run:     seconds per job with one `dbdict run DIR` per job, as a ratio to the spawn
-           (goal <= 3.0x)
+           (goal <= 3.0x); `runfresh` the same with --fresh-interpreter (no goal)
+Commands start as the installed `dbdict` script does (`python -c "from dbdict_fs.cli import
+main ..."`), not through `python -m` (runpy: ~4 ms more per command).
   preload: seconds per job of `dbdict work --preload slowmod` where every experiment
            imports `slowmod`, which takes 0.4 s to import, against the same `dbdict work`
            without --preload (goal <= 0.15x); the zygote's one import is included.
@@ -106,7 +108,8 @@ def main():
         with open(slow, "w") as f:
             f.write(SLOW_EXPERIMENT)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, base, os.environ.get("PYTHONPATH")) if p))
-        cli = [sys.executable, "-m", "dbdict_fs.cli"]
+        # What the installed `dbdict` script runs (pip's console script: no runpy, unlike -m)
+        cli = [sys.executable, "-c", "import sys; from dbdict_fs.cli import main; sys.exit(main())"]
 
         r = args.repeat
         spawn = best(lambda: timed(lambda: [subprocess.run([sys.executable, "-c", "pass"], check=True)
@@ -120,9 +123,10 @@ def main():
             tree = fresh_tree(count, spec)
             return timed(lambda: subprocess.run(cli + ["work", tree, "-q", *extra], check=True, env=env)) / count
 
-        def run_once():
+        def run_once(extra=()):
             jobs = jobs_of(fresh_tree(n, f"{exp}:main"))
-            return timed(lambda: [subprocess.run(cli + ["run", j, "-q"], check=True, env=env) for j in jobs]) / n
+            return timed(lambda: [subprocess.run(cli + ["run", j, "-q", *extra], check=True, env=env)
+                                  for j in jobs]) / n
 
         work = best(lambda: work_once(n, f"{exp}:main"), r)
         run_one = best(run_once, r)
@@ -132,6 +136,9 @@ def main():
                 fresh = best(lambda: work_once(n, f"{exp}:main", ["--fresh-interpreter"]), r)
                 rows.append(("fresh", "work --fresh-interpreter", fresh, fresh / spawn, "a python spawn"))
         rows.append(("run", "one `dbdict run` per job", run_one, run_one / spawn, "a python spawn"))
+        if "fresh" in {r[0] for r in rows}:
+            run_fresh = best(lambda: run_once(["--fresh-interpreter"]), r)
+            rows.append(("runfresh", "run --fresh-interpreter", run_fresh, run_fresh / spawn, "a python spawn"))
         if os.path.exists(os.path.join(ROOT, "dbdict_fs", "zygote.py")):
             without = best(lambda: work_once(m, f"{slow}:main"), r)
             with_preload = best(lambda: work_once(m, f"{slow}:main", ["--preload", "slowmod"]), r)

@@ -242,11 +242,20 @@ def main(argv=None):
     return 0
 
 
-def run_forked(control_fd, result_fd):
+def run_forked(control_fd, result_fd, of_command=False, drop_path=None):
     """main() in a process forked from a zygote instead of a fresh interpreter: the same
     argv, then what the interpreter's exit would do (join the threads the experiment left
-    running, run its atexit functions, flush). Returns the exit code."""
+    running, run its atexit functions, flush). Returns the exit code.
+
+    `of_command`: the fork is of the `run` command's own process, not of a zygote started
+    as the experiment's interpreter would be: its standard streams are made anew, and
+    `drop_path` (its startup_path()) leaves sys.path, so a module beside the command does
+    not become importable, nor a cwd on NFS get listed at each import."""
     sys.argv = [os.path.abspath(__file__), str(control_fd), str(result_fd)]
+    if of_command:
+        _fresh_stdio()
+        if drop_path is not None and drop_path in sys.path[:2]:
+            sys.path.remove(drop_path)
     procs.set_name(NAME)  # its command line is the zygote's: `ps -o comm`, top and tests tell them apart
     try:
         code = main([str(control_fd), str(result_fd)])
@@ -267,6 +276,43 @@ def run_forked(control_fd, result_fd):
     if code is None:
         return 0
     return code if isinstance(code, int) else 1
+
+
+def _fresh_stdio():
+    """sys.stdin, stdout and stderr over descriptors 0, 1 and 2 as a fresh interpreter under
+    _child_env's PYTHONUNBUFFERED=1 makes them (unbuffered writes), whatever the process we
+    were forked from had made of its own (a terminal's line buffering, a captured stream)."""
+    import io
+
+    for fd, name in enumerate(("stdin", "stdout", "stderr")):
+        old = getattr(sys, f"__{name}__", None) or getattr(sys, name, None)
+        encoding = getattr(old, "encoding", None) or "utf-8"
+        errors = "backslashreplace" if fd == 2 else (getattr(old, "errors", None) or "strict")
+        if fd == 0:
+            stream = io.TextIOWrapper(io.open(0, "rb", closefd=False), encoding=encoding, errors=errors)
+        else:
+            stream = io.TextIOWrapper(io.open(fd, "wb", buffering=0, closefd=False), encoding=encoding,
+                                      errors=errors, write_through=True)
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+
+
+def startup_path():
+    """The sys.path entry this process's interpreter put first for its script, module (the
+    cwd, in full) or -c (''), or None (-P): what a fork of it, unlike the experiment's fresh
+    `-P` interpreter, would have. Read before the fork changes the cwd."""
+    if getattr(sys.flags, "safe_path", False):
+        return None
+    main = sys.modules.get("__main__")
+    script = getattr(main, "__file__", None)
+    if getattr(main, "__spec__", None) is not None or script is None:
+        startup = {os.getcwd(), ""}  # -m, -c or the REPL
+    else:
+        startup = {os.path.dirname(os.path.realpath(script)), os.path.dirname(os.path.abspath(script))}
+    for entry in sys.path[:2]:  # a launcher (bin/) may have put its checkout first
+        if entry in startup:
+            return entry
+    return None
 
 
 def _shown(value, limit=80):

@@ -105,7 +105,7 @@ def _print_experiment_config(experiment, configs):
 def cmd_run(args):
     from .runner import run_job
 
-    outcome = run_job(args.jobdir, **options.given(args))
+    outcome = run_job(args.jobdir, fork_here=True, **options.given(args))
     if outcome.message and not (args.quiet and outcome.exit_code == 0):
         print(outcome.message, file=sys.stderr)
     return outcome.exit_code

@@ -118,7 +118,8 @@ WORKER_OPTIONS = (
            "(short GPU jobs: e.g. numpy,torch; they must not start CUDA or threads at import)",
            metavar="MOD[,MOD...]"),
     Option("fresh_interpreter", FLAG, False, "start each experiment in a new interpreter instead of forking it "
-           "from the worker's zygote (an interpreter start more per attempt; no --preload)"),
+           "from the worker's zygote or the `run` command (an interpreter start more per attempt; "
+           "no --preload)"),
 )
 BY_NAME = {o.name: o for o in WORKER_OPTIONS}
 

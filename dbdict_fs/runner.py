@@ -246,11 +246,13 @@ class _ShepherdHandle:
                 pass
 
 
-def _start_shepherd(cwd, stdio, env, fence_after, zygote=None):
+def _start_shepherd(cwd, stdio, env, fence_after, zygote=None, fork_here=False):
     """Start the attempt's shepherd, which starts the experiment with the control and result
     pipes passed through, one of three ways (docs/design.md 9.h): forked by the --preload
     `zygote` (the experiment is a fork of it too), forked from this worker when it has one
-    thread, or a fresh interpreter (`python -m dbdict_fs.shepherd`). Returns (handle,
+    thread (with `fork_here`, the experiment is a fork of it too: `run`'s one attempt, from a
+    process that imported nothing of the user's), or a fresh interpreter (`python -m
+    dbdict_fs.shepherd`). Returns (handle,
     control, result_fd, shepherd_fd, experiment pid), or None when the zygote did not start
     it (nothing of that try is left running: the caller tries another way)."""
     from . import child
@@ -270,8 +272,14 @@ def _start_shepherd(cwd, stdio, env, fence_after, zygote=None):
         elif procs.thread_count() == 1:
             for stream in (sys.stdout, sys.stderr):
                 stream.flush()  # a fork must not carry our unwritten output
+            if fork_here:
+                drop = child.startup_path()
+                start = dict(fork_main=lambda: child.run_forked(control_r, result_w, of_command=True,
+                                                                drop_path=drop))
+            else:
+                start = dict(cmd=child.command(control_r, result_w))
             pid = shepherd.fork_shepherd(shep_r, report_w, float(fence_after), (control_r, result_w), stdio, cwd,
-                                         cmd=child.command(control_r, result_w), env=env)
+                                         env=env, **start)
             proc = _ShepherdHandle(pid, report_r, own=True)
         else:  # a fork of a threaded process may inherit a lock held forever: a fresh one
             popen = subprocess.Popen(
@@ -312,10 +320,11 @@ def _start_shepherd(cwd, stdio, env, fence_after, zygote=None):
     return proc, os.fdopen(control_w, "w", encoding="utf-8"), result_r, shep_w, int(line.split()[1])
 
 
-def _spawn_child(cwd, out, err, env_extra, fence_after, preload=None, warn=None):
+def _spawn_child(cwd, out, err, env_extra, fence_after, preload=None, warn=None, fork_here=False):
     """Start the attempt's shepherd and experiment (see _start_shepherd); unless `preload` is
-    None, from this worker's zygote for those modules ("": the default one) when it can. Returns (handle, control, result_fd, shepherd_fd,
-    experiment pid); OSError when the experiment could not be started."""
+    None, from this worker's zygote for those modules ("": the default one) when it can.
+    Returns (handle, control, result_fd, shepherd_fd, experiment pid); OSError when the
+    experiment could not be started."""
     env = _child_env(env_extra)
     with open(os.devnull, "rb") as stdin:
         stdio = (stdin.fileno(), out.fileno(), err.fileno())
@@ -326,7 +335,7 @@ def _spawn_child(cwd, out, err, env_extra, fence_after, preload=None, warn=None)
                                       zygote.for_worker(preload, _child_env({}), warn or _say))
             if started is not None:
                 return started
-        started = _start_shepherd(cwd, stdio, env, fence_after)
+        started = _start_shepherd(cwd, stdio, env, fence_after, fork_here=fork_here and preload is None)
     if started is None:
         raise OSError(errno.ECHILD, "the experiment's shepherd did not start it")
     return started
@@ -340,9 +349,9 @@ def _say(text):
 class Child:
     """The worker's handle on the experiment process and its two pipes."""
 
-    def __init__(self, cwd, out, err, env_extra, fence_after=300.0, preload=None, warn=None):
+    def __init__(self, cwd, out, err, env_extra, fence_after=300.0, preload=None, warn=None, fork_here=False):
         self.proc, self._control, self.result_fd, self._shepherd, pid = _spawn_child(
-            cwd, out, err, env_extra, fence_after, preload, warn)
+            cwd, out, err, env_extra, fence_after, preload, warn, fork_here)
         self.shepherd = [self.proc.pid, procs.start_ticks(self.proc.pid)]
         self.pid = pid  # the experiment's process, leader of its own process group
         self._buf = b""
@@ -438,11 +447,15 @@ class Child:
 
 # ---------------------------------------------------------------- one attempt
 
-def run_job(jobdir, **options):
+def run_job(jobdir, fork_here=False, **options):
     """Book one job and run it once (`dbdict run JOBDIR`). Returns an Outcome.
 
     A job held by a live worker raises NotRunnable (exit 4): this one-shot command cannot
     judge a lease without waiting, so it only steals from a dead process of this host.
+    `fork_here`: the experiment's process is a fork of this one (unless --preload or
+    --fresh-interpreter), not a fresh interpreter: only for a process that imported nothing
+    of the user's (the `run` command; a notebook calling run_job may hold an old version
+    of the experiment's module).
     """
     opts = make_options(**options)
     if not isinstance(jobdir, (str, os.PathLike)):
@@ -452,7 +465,8 @@ def run_job(jobdir, **options):
         raise JobNotFound(jobdir, "no such directory")
     with StopSignals() as signals, _preloaded(opts.zygote("one"), signals, meanwhile=lambda: check_job(jobdir)):
         held = booking.claim(jobdir, lease=opts.lease, heartbeat=opts.heartbeat, wait=False)
-        return run_claimed(held, opts, signals, opts.zygote("one"))
+        return run_claimed(held, opts, signals, opts.zygote("one"),
+                           fork_here=fork_here and opts.zygote("one") is None and not opts.fresh_interpreter)
 
 
 def check_job(jobdir, state=None):
@@ -484,9 +498,10 @@ def _header(held, run, book):
     return jd.attempt_header(run, held.epoch, book["host"], book["pid"], book["start"]).encode()
 
 
-def run_claimed(held, opts, signals, zygote_modules=None):
+def run_claimed(held, opts, signals, zygote_modules=None, fork_here=False):
     """Run the experiment of a job whose claim we won, and commit how it ended; from the
-    worker's zygote for `zygote_modules` unless None (see Options.zygote)."""
+    worker's zygote for `zygote_modules` unless None (see Options.zygote), else forked from
+    this process with `fork_here` (see run_job), else in a fresh interpreter."""
     state = copy.deepcopy(held.state)
     book = state["dbdict"]
     if not booking.runnable_after_claim(held):
@@ -530,7 +545,8 @@ def run_claimed(held, opts, signals, zygote_modules=None):
             out.flush()
             err.flush()
             child = Child(scratch.path if scratch else cwd, out, err,
-                          {"DBDICT_JOBDIR": os.path.abspath(held.jobdir)}, opts.lease / 2, zygote_modules)
+                          {"DBDICT_JOBDIR": os.path.abspath(held.jobdir)}, opts.lease / 2, zygote_modules,
+                          fork_here=fork_here)
     except OSError as exc:
         if scratch:
             scratch.remove()

@@ -267,15 +267,42 @@ def test_work_forks_each_experiment_from_a_zygote_unless_asked_for_fresh_interpr
     wait_for(lambda: not tagged(tag), timeout=30, what="every process of the worker to end")
 
 
-def test_run_starts_its_one_experiment_in_a_fresh_interpreter_and_refuses_preload_with_fresh(tree):
-    """A zygote pays off from a worker's second attempt: `run`'s one attempt starts the
-    experiment in a fresh interpreter (a zygote would only add its socket round trip)."""
+@pytest.mark.parametrize("how", ["-c", "-m"])
+def test_run_forks_its_one_experiment_from_itself_unless_asked_for_a_fresh_interpreter(tree, tmp_path, how):
+    """`run`'s one attempt needs no zygote: the experiment is a fork of the `run` process
+    (which imported nothing of the user's), so it pays a fork, not an interpreter start
+    (issue 25). It sees what a fresh interpreter shows it: not the command's cwd or script
+    directory on sys.path (a module beside the command is not importable), its own pid and
+    the workdir as cwd. --fresh-interpreter starts a fresh one instead."""
+    jobs = make_jobs(tree, "how_started", 2)
+    here = tmp_path / "cwd"
+    here.mkdir()
+    (here / "beside_the_command.py").write_text("")
+    start = {"-c": ["-c", "import sys; from dbdict_fs.cli import main; sys.exit(main())"],
+             "-m": ["-m", "dbdict_fs.cli"]}[how]
+    env = env_for(uuid.uuid4().hex)
+    env.pop("PYTHONUNBUFFERED", None)  # the command's own streams are buffered; the experiment's are not
+    for job, extra in zip(jobs, ([], ["--fresh-interpreter"])):
+        proc = subprocess.run([sys.executable, *start, "run", job, *extra], cwd=here, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+    forked, fresh = (read_state(job) for job in jobs)
+    assert forked["comm"] == "dbdict-child" and not forked["fresh"], forked
+    assert fresh["fresh"] and fresh["comm"] != "dbdict-child", fresh
+    for state, job in ((forked, jobs[0]), (fresh, jobs[1])):
+        assert state["beside"] is False, state["sys_path"]
+        assert str(here) not in state["sys_path"] and "" not in state["sys_path"], state["sys_path"]
+        assert os.path.realpath(state["cwd"]) == os.path.realpath(os.path.join(job, "workdir"))
+        assert state["dbdict"]["status"] == "done" and state["seen"] == 0
+        assert state["unbuffered"] == [True, True]  # PYTHONUNBUFFERED, not the command's own streams
+        with open(os.path.join(job, "stdout")) as f:
+            assert f.read().splitlines()[1:] == ["out"]
+    assert forked["pid"] != forked["dbdict"]["pid"]  # not the run process itself
+
+
+def test_preload_with_fresh_interpreter_is_refused(tree):
     from conftest import run_cli
 
-    [job] = make_jobs(tree, "how_started", 1)
-    proc = run_cli("run", job)
-    assert proc.returncode == 0, proc.stderr
-    assert read_state(job)["fresh"] is True
     both = run_cli("work", tree, "--preload", "json", "--fresh-interpreter")
     assert both.returncode == 2 and len(both.stderr.strip().splitlines()) == 1, both.stderr
     assert "--fresh-interpreter" in both.stderr and "Traceback" not in both.stderr

@@ -61,4 +61,11 @@ def how_started(state, channel):
     with open("/proc/self/cmdline", "rb") as f:
         state.fresh = b"dbdict_fs.child" in f.read()
     state.cwd = os.getcwd()
+    state.sys_path = list(sys.path)
+    state.unbuffered = [getattr(s, "write_through", None) for s in (sys.stdout, sys.stderr)]
+    try:
+        import beside_the_command  # noqa: F401 - a module in the cwd of the command that started us
+        state.beside = True
+    except ImportError:
+        state.beside = False
     print("out", flush=True)
