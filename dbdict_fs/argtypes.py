@@ -35,9 +35,48 @@ def did_you_mean(word, candidates):
     return f"; did you mean {match[0]}?" if match else ""
 
 
+def _columns():
+    """The terminal's width as shutil.get_terminal_size reads it ($COLUMNS, then stdout's
+    terminal, else 80), without importing shutil (and its bz2, lzma) at every command's start."""
+    import os
+    import sys
+
+    try:
+        columns = int(os.environ.get("COLUMNS", 0))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class _Width:
+    """argparse builds a formatter for every add_argument (to check it), and the default one
+    imports shutil for the width: give it the same width, read without shutil."""
+
+    def __init__(self, prog, indent_increment=2, max_help_position=24, width=None, **more):
+        super().__init__(prog, indent_increment, max_help_position, _columns() - 2 if width is None else width,
+                         **more)
+
+
+class HelpFormatter(_Width, argparse.HelpFormatter):
+    pass
+
+
+class RawDescriptionHelpFormatter(_Width, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one UsageError line naming this (sub)command's --help,
     with a did-you-mean for a mistyped option or subcommand."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         from .errors import UsageError

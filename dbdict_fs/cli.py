@@ -5,12 +5,11 @@ line on stderr and its exit code (DESIGN.md 7); `--debug` (or DBDICT_DEBUG=1) sh
 traceback instead. Heavy modules are imported inside the commands that need them.
 """
 
-import argparse
 import os
 import sys
 
 from . import options
-from .argtypes import Parser
+from .argtypes import Parser, RawDescriptionHelpFormatter
 from .argtypes import finite as _number
 from .argtypes import positive_int as _positive_int
 from .argtypes import seconds as _seconds
@@ -19,7 +18,7 @@ from .errors import ExitCode, UsageError
 
 
 def _help(text):
-    return {"formatter_class": argparse.RawDescriptionHelpFormatter, "description": text.strip()}
+    return {"formatter_class": RawDescriptionHelpFormatter, "description": text.strip()}
 
 
 def _add_run_options(p):

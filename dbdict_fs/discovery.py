@@ -42,7 +42,6 @@ directory, so its cost per pass does not grow with the tree.
 """
 
 import os
-import random
 
 from . import booking
 from . import jobdir as jd
@@ -204,7 +203,11 @@ class Discovery:
 
     def __init__(self, tree, rng=None):
         self.tree = trees.resolve(tree)
-        self.rng = rng or random.Random()
+        if rng is None:
+            import random  # not at import: `run` and the query commands never walk
+
+            rng = random.Random()
+        self.rng = rng
         self.held = set()  # jobdirs seen held by another process (watched while --wait polls)
         self.damaged = {}  # jobdir -> reason (said once, never retried)
         self.marked = 0    # final jobs this worker marked (counted, for tests)

@@ -11,11 +11,9 @@ import fcntl
 import itertools
 import json
 import os
-import random
 import select
 import signal
 import stat
-import subprocess
 import sys
 import threading
 import time
@@ -157,6 +155,11 @@ def _child_env(env_extra):
     return env
 
 
+class ShepherdTimeout(Exception):
+    """_ShepherdHandle.wait's timeout (subprocess.TimeoutExpired, without importing subprocess
+    at every command's start: it is needed only when the shepherd is a fresh interpreter)."""
+
+
 class _ShepherdHandle:
     """The worker's view of an attempt's shepherd: its pid and its report pipe, whose
     `exit N` line and EOF say, without polling, that every process of the attempt is gone
@@ -231,7 +234,7 @@ class _ShepherdHandle:
         while self.poll() is None:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                raise subprocess.TimeoutExpired("the attempt's shepherd", timeout)
+                raise ShepherdTimeout(f"the attempt's shepherd did not end within {timeout} s")
             try:
                 select.select([self._fd], [], [], left)
             except InterruptedError:
@@ -282,6 +285,8 @@ def _start_shepherd(cwd, stdio, env, fence_after, zygote=None, fork_here=False):
                                          env=env, **start)
             proc = _ShepherdHandle(pid, report_r, own=True)
         else:  # a fork of a threaded process may inherit a lock held forever: a fresh one
+            import subprocess
+
             popen = subprocess.Popen(
                 shepherd.command(shep_r, report_w, fence_after, (control_r, result_w),
                                  child.command(control_r, result_w)),
@@ -303,7 +308,7 @@ def _start_shepherd(cwd, stdio, env, fence_after, zygote=None, fork_here=False):
         if proc is not None:
             try:
                 proc.wait(30)
-            except subprocess.TimeoutExpired:
+            except ShepherdTimeout:
                 proc.kill()
         else:
             os.close(report_r)
@@ -412,11 +417,11 @@ class Child:
     def wait(self, timeout):
         try:
             return self._code(self.proc.wait(timeout))
-        except subprocess.TimeoutExpired:
+        except ShepherdTimeout:
             self.kill()
             try:
                 return self._code(self.proc.wait(30))
-            except subprocess.TimeoutExpired:
+            except ShepherdTimeout:
                 self.proc.kill()  # a shepherd that cannot finish (a process stuck in D state)
                 return self._code(self.proc.wait())
 
@@ -441,7 +446,7 @@ class Child:
             self._shepherd = None
         try:
             self.proc.wait(5)  # reap it: a long work loop must not collect zombies
-        except subprocess.TimeoutExpired:
+        except ShepherdTimeout:
             pass
 
 
@@ -765,7 +770,7 @@ class _Attempt:
             now = booking.boottime()
             try:
                 return self.child._code(self.child.proc.wait(max(0.0, min(self.held.next_beat, deadline) - now)))
-            except subprocess.TimeoutExpired:
+            except ShepherdTimeout:
                 pass
             now = booking.boottime()
             if now >= deadline:
@@ -944,6 +949,8 @@ def work(tree, *, max_jobs=None, wait=False, poll=None, select_rows=None, on_out
             if loop.discovery is not None and not loop.discovery.held and not full:
                 full = True  # every job we watched has ended: one more walk decides
                 continue
+            import random  # not at import: `run` never waits for work
+
             _sleep(signals, backoff * random.uniform(0.5, 1.5))
             backoff = min(backoff * 2, poll)
             full = loop.discovery is None
@@ -1002,6 +1009,8 @@ class _WorkLoop:
     def _candidates(self, full):
         """(path, first) pairs: first = (listing, state) already read, or None."""
         if self.discovery is None:
+            import random
+
             rows = [c for c in scan(self.tree, self.select_rows) if c[0] not in self.damaged]
             random.shuffle(rows)  # ties in priority go to different workers
             rows.sort(key=lambda c: -(c[2] if isinstance(c[2], (int, float)) else 0.0))

@@ -20,7 +20,6 @@ script for that one task. `python -m dbdict_fs.slurm ready PATH` is the script's
 What squeue says of running jobs is `scheduler`'s; this module only writes and submits scripts.
 """
 
-import argparse
 import os
 import re
 import sys
@@ -31,7 +30,7 @@ import time as _time
 
 from . import jobdir as jd
 from . import options
-from .argtypes import nonneg_int, positive_int
+from .argtypes import RawDescriptionHelpFormatter, nonneg_int, positive_int
 from .errors import DbdictError, UsageError
 from .scheduler import jobs_gone, tasks_running
 
@@ -607,7 +606,7 @@ def main(argv=None):
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    p = sub.add_parser("submit", help="= dbdict submit", formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = sub.add_parser("submit", help="= dbdict submit", formatter_class=RawDescriptionHelpFormatter,
                        description=HELP)
     add_arguments(p)
     p = sub.add_parser("ready", help="print how many jobs under PATH are ready (exit 0)")

@@ -21,7 +21,6 @@ cannot change the committed one (other inodes), so this only bounds disk use.
 import errno
 import fcntl
 import os
-import shutil
 import stat
 
 from . import jobdir as jd
@@ -108,8 +107,18 @@ def copy_file(src, dst, keep_alive=None):
         except OSError:
             if not _copy_range(fin.fileno(), fout.fileno(), keep_alive):
                 return False
+    import shutil
+
     shutil.copystat(src, dst, follow_symlinks=False)
     return True
+
+
+def _rmtree(path):
+    """shutil.rmtree, ignoring errors; shutil (with its bz2 and lzma) is imported only when a
+    directory goes, not at every `run`'s start."""
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _nofollow(path, flags):
@@ -194,9 +203,9 @@ def prepare(held, clean, keep_alive=None, source=_UNKNOWN):
     name = jd.workdir_name(held.epoch)
     path = os.path.join(jobdir, name)
     if os.path.lexists(path):  # only claim E builds workdir.<E>: a leftover of no one
-        shutil.rmtree(path, ignore_errors=True)
+        _rmtree(path)
     if not copy_tree(os.path.join(jobdir, source), path, keep_alive):
-        shutil.rmtree(path, ignore_errors=True)
+        _rmtree(path)
         from .errors import Fenced
 
         raise Fenced(f"{jobdir}: this worker no longer holds the job: workdir copy stopped")
@@ -216,7 +225,7 @@ def prepare_fresh(held, source):
     name = jd.workdir_name(held.epoch)
     path = os.path.join(jobdir, name)
     if os.path.lexists(path):  # only claim E builds workdir.<E>: a leftover of no one
-        shutil.rmtree(path, ignore_errors=True)
+        _rmtree(path)
     os.mkdir(path)
     if source is not None and source != name:
         kept = kept_name(source)
@@ -256,7 +265,7 @@ def commit(jobdir, name, source=None):
     for other in _names(jobdir):
         e = jd.workdir_epoch(other)
         if e is not None and e < mine and other not in (name, source):
-            shutil.rmtree(os.path.join(jobdir, other), ignore_errors=True)
+            _rmtree(os.path.join(jobdir, other))
 
 
 def clean_start(held):

@@ -239,3 +239,22 @@ def test_bin_wrappers_work_from_a_checkout(name):
     path = os.path.join(os.path.dirname(__file__), "..", "bin", name)
     proc = subprocess.run([sys.executable, path, "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr
+
+
+# What `run` must not import: each is paid again by every job run one command at a time
+# (issue 25), and none is needed to book, run and commit one job. Counted, not timed.
+NOT_FOR_RUN = ("dataclasses", "socket", "hashlib", "shutil", "subprocess", "random", "tempfile", "sqlite3",
+               "rich", "optuna", "dbdict_fs.query", "dbdict_fs.index", "dbdict_fs.searches",
+               "dbdict_fs.create", "dbdict_fs.zygote")
+
+
+def test_run_imports_only_what_one_job_needs(tree):
+    job = make_job(tree, "double", x=5)
+    code = ("import json, sys; from dbdict_fs.cli import main; rc = main(); "
+            "print(json.dumps([rc, sorted(sys.modules)]))")
+    proc = subprocess.run([sys.executable, "-c", code, "run", job, "-q"], capture_output=True, text=True,
+                          timeout=120)
+    rc, modules = json.loads(proc.stdout.splitlines()[-1])
+    assert rc == 0 and read_state(job)["result"] == 10, proc.stderr
+    assert "yaml" in modules  # the check of config.yaml ran in this process
+    assert [m for m in NOT_FOR_RUN if m in modules] == []
