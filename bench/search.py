@@ -1,20 +1,35 @@
 """Searches (DESIGN.md 11, issue 20): how good, how costly, side by side in one run.
 
     python bench/search.py                          # everything below, 5 seeds
-    python bench/search.py --only optimum --seeds 5 --trials 40
-    python bench/search.py --only prune
+    python bench/search.py --only optimum --seeds 10 --trials 40
+    python bench/search.py --only optimum --mode sim --sim-seeds 50
+    python bench/search.py --only prune --seeds 10
     python bench/search.py --only ask
     python bench/search.py --only journal --seeds 1
 
-optimum: best value after N trials (median over seeds, lower is better) on Branin (2-D, min
-0.397887), Hartmann-6 (6-D, min -3.32237) and, when scikit-learn is importable, the
-validation error of an SVM on the digits data (log C, log gamma). Methods: dbdict tpe with 4
-`dbdict work` processes sharing a tree; Optuna's own TPE in one process (study.optimize);
-random search (dbdict's random sampler, 4 workers).
+Every table gives median [IQR] over seeds and, where two methods are compared, the two-sided
+Mann-Whitney U p-value over the seeds (exact without ties at these sizes, else the normal
+approximation): a large p is "within noise", a small one a real difference.
 
-prune: a learning-curve objective, 27 steps of 20 ms per trial, a random sampler (the same points
-for every method, since a random trial's point depends only on the seed and its number), 2
-workers: steps run and best final value for --prune none, median and asha.
+optimum: best value after N trials (lower is better) on Branin (2-D, min 0.397887), Hartmann-6
+(6-D, min -3.32237) and, when scikit-learn is importable, the 3-fold validation error of an
+SVM on the digits data (log C, log gamma). Methods:
+  - dbdict tpe, 4 workers: 4 real `dbdict work --wait` processes sharing a tree (--mode real);
+  - Optuna TPE as shipped (TPESampler(seed=s): 10 startup trials), one process, study.optimize;
+  - Optuna TPE with dbdict's startup (TPESampler(seed=s, n_startup_trials=5)), one process;
+  - random search: dbdict's random sampler, 4 real workers.
+--mode sim runs dbdict's tpe in one process instead (searches.sample, the function a worker
+calls, with 4 simulated workers whose trials take 0.5-1.5 time units, so each ask sees about 3
+running trials), for many seeds at little cost; its rows say "4 simulated workers".
+
+prune: a learning-curve objective, 27 steps of 20 ms per trial, 30 trials of a random sampler
+(the same points for every rule, since a random trial's point depends only on the seed and
+its number), 2 real workers: steps run, the best final value (the metric at the last step of
+the trials that finished), and in how many seeds the pruned search kept the unpruned
+search's best trial, for --prune none, median and asha. Two curves: `curve`, made up (loss =
+branin/100 + (0.5 + x2/15)/(step+1): trials that start badly can end well) and `sgd`, real
+(scikit-learn's SGDClassifier on digits, one partial_fit per step, validation error; log
+alpha, log eta0). --mode sim runs the same Pruner in one process with 2 simulated workers.
 
 ask: the cost of one ask of dbdict's tpe (read every trial's state + rebuild the Optuna study
 + ask) and of the number claim, at 100 and 2,000 finished trials, in ms; metadata operations
@@ -90,17 +105,142 @@ def experiment(state, channel):
 
 
 def curve(state, channel):
-    """A learning curve: loss(step) = final + (0.5 + x2) / (step + 1); final = branin / 100.
-    Trials that start badly can end well (x2 slows the start), so pruning has a cost."""
-    final = branin({"x1": state.x1, "x2": state.x2}) / 100.0
-    steps = int(state.steps)
-    for step in range(steps):
+    """A learning curve: loss(step) = final + (0.5 + x2/15) / (step + 1), final = branin / 100.
+    Trials that start badly can end well (x2 slows the start), so pruning has a cost. The
+    trial's result is the loss at its last step."""
+    loss = None
+    for step in range(int(state.steps)):
         time.sleep(state.step_time)  # a training step takes a while: a decision arrives in time
-        loss = final + (0.5 + state.x2 / 15) / (step + 1)
+        loss = curve_loss(state, step)
         channel.log(step, loss=loss)
         if channel() == "prune":
             return
-    state.final = final
+    state.loss = loss
+
+
+def curve_loss(p, step):
+    return branin({"x1": p["x1"], "x2": p["x2"]}) / 100.0 + (0.5 + p["x2"] / 15) / (step + 1)
+
+
+_DIGITS_SPLIT = []
+
+
+def digits_split():
+    if not _DIGITS_SPLIT:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        X, y = load_digits(return_X_y=True)
+        _DIGITS_SPLIT.extend(train_test_split(X / 16.0, y, test_size=0.3, random_state=0))
+    return _DIGITS_SPLIT
+
+
+def sgd_curve(p, steps):
+    """A real learning curve, one value per step: an SGD linear classifier on the digits data
+    (70/30 split), one partial_fit per step, the validation error after it."""
+    import warnings
+
+    from sklearn.linear_model import SGDClassifier
+
+    Xtr, Xva, ytr, yva = digits_split()
+    clf = SGDClassifier(alpha=10 ** p["log_alpha"], learning_rate="invscaling", eta0=10 ** p["log_eta0"],
+                        random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a large eta0 diverges: that is a bad trial, not an error
+        for _ in range(steps):
+            clf.partial_fit(Xtr, ytr, classes=list(range(10)))
+            yield 1.0 - clf.score(Xva, yva)
+
+
+def sgd(state, channel):
+    """The sgd curve as a dbdict experiment: logs err at each step, sleeping step_time first
+    (an epoch takes a while); the result is the error at the last step."""
+    err = None
+    for step, err in enumerate(sgd_curve(state, int(state.steps))):
+        time.sleep(state.step_time)
+        channel.log(step, err=err)
+        if channel() == "prune":
+            return
+    state.err = err
+
+
+CURVES = {  # name: (experiment, metric, space, the curve as a function of (params, steps))
+    "curve": (curve, "loss", {"x1": "uniform(-5,10)", "x2": "uniform(0,15)"},
+              lambda p, steps: [curve_loss(p, k) for k in range(steps)]),
+    "sgd": (sgd, "err", {"log_alpha": "uniform(-6,-1)", "log_eta0": "uniform(-4,0)"},
+            lambda p, steps: list(sgd_curve(p, steps))),
+}
+
+
+# ---------------------------------------------------------------- statistics
+
+def quartiles(values):
+    """(q1, median, q3) by linear interpolation (statistics.quantiles' 'inclusive' method)."""
+    v = sorted(values)
+    if len(v) == 1:
+        return v[0], v[0], v[0]
+    q1, q2, q3 = statistics.quantiles(v, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def summary(values, fmt="{:.4g}"):
+    """'median [q1, q3]' of the values over seeds."""
+    q1, q2, q3 = quartiles(values)
+    return f"{fmt.format(q2)} [{fmt.format(q1)}, {fmt.format(q3)}]"
+
+
+def mann_whitney_p(a, b):
+    """Two-sided p-value of the Mann-Whitney U test of samples a and b: exact (the
+    distribution of U counted) when there are no ties and both have at most 20 values, else
+    the normal approximation with the tie and continuity corrections (as scipy.stats)."""
+    n1, n2 = len(a), len(b)
+    if not n1 or not n2:
+        return float("nan")
+    pooled = sorted((v, i) for i, v in enumerate(list(a) + list(b)))
+    ranks = [0.0] * (n1 + n2)
+    ties, i = [], 0
+    while i < len(pooled):
+        j = i
+        while j + 1 < len(pooled) and pooled[j + 1][0] == pooled[i][0]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[pooled[k][1]] = (i + j) / 2 + 1
+        if j > i:
+            ties.append(j - i + 1)
+        i = j + 1
+    u1 = sum(ranks[:n1]) - n1 * (n1 + 1) / 2
+    u = max(u1, n1 * n2 - u1)
+    if not ties and max(n1, n2) <= 20:
+        counts = _u_counts(n1, n2)  # ways to reach each U, of comb(n1 + n2, n1)
+        total = sum(counts)
+        return min(1.0, 2 * sum(counts[int(round(u)):]) / total)
+    mu = n1 * n2 / 2
+    n = n1 + n2
+    var = n1 * n2 / 12 * ((n + 1) - sum(t ** 3 - t for t in ties) / (n * (n - 1)))
+    if var <= 0:
+        return 1.0
+    z = (u - mu - 0.5) / math.sqrt(var)
+    return min(1.0, math.erfc(z / math.sqrt(2)))
+
+
+def _u_counts(n1, n2):
+    """counts[u] = the number of orderings of n1 x's and n2 y's whose U statistic is u."""
+    table = {(0, j): [1] for j in range(n2 + 1)}
+    for i in range(1, n1 + 1):
+        table[(i, 0)] = [1]
+        for j in range(1, n2 + 1):
+            left, down = table[(i - 1, j)], table[(i, j - 1)]  # the largest value is an x (U += j) or a y
+            out = [0] * (i * j + 1)
+            for u, c in enumerate(left):
+                out[u + j] += c
+            for u, c in enumerate(down):
+                out[u] += c
+            table[(i, j)] = out
+    return table[(n1, n2)]
+
+
+def p_text(p):
+    return "n/a" if p != p else f"{p:.2f}" if p >= 0.01 else f"{p:.0e}"
 
 
 # ---------------------------------------------------------------- running things
@@ -146,7 +286,8 @@ def dbdict_search(objective, sampler, seed, trials, workers, base):
     return min(values), seconds
 
 
-def optuna_tpe(objective, seed, trials):
+def optuna_tpe(objective, seed, trials, **options):
+    """Optuna's TPE in one process (study.optimize): as shipped, or with `options`."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -159,10 +300,44 @@ def optuna_tpe(objective, seed, trials):
         p = {k: trial.suggest_float(k, d["low"], d["high"], log=d["type"] == "loguniform") for k, d in dists.items()}
         return fn(p)
 
-    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed))
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed, **options))
     t0 = time.monotonic()
     study.optimize(objective_fn, n_trials=trials)
     return study.best_value, time.monotonic() - t0
+
+
+def simulated_search(objective, sampler, seed, trials, workers):
+    """dbdict's sampler in one process (searches.sample, what a worker calls, given the trials
+    as read_trials gives them) with `workers` simulated workers: a trial takes 0.5-1.5 time
+    units, a worker asks as soon as its trial ends, so each ask sees about workers - 1
+    running trials. Returns the best value."""
+    import heapq
+    import random
+
+    from dbdict_fs import searches
+
+    fn, space = OBJECTIVES[objective]
+    _, dists = searches.split_space(space)
+    definition = {"name": "s", "space": dists, "metric": "value", "maximize": False, "sampler": sampler,
+                  "seed": seed}
+    rng = random.Random(seed * 7919 + 1)
+    seen, ends, n = {}, [], 0
+
+    def ask(now):
+        nonlocal n
+        params = searches.sample(definition, n, [seen[k] for k in sorted(seen)])
+        seen[n] = {"n": n, "params": params, "status": "running", "value": None}
+        heapq.heappush(ends, (now + rng.uniform(0.5, 1.5), n))
+        n += 1
+
+    for _ in range(min(workers, trials)):
+        ask(0.0)
+    while ends:
+        now, k = heapq.heappop(ends)
+        seen[k].update(status="done", value=fn(seen[k]["params"]))
+        if n < trials:
+            ask(now)
+    return min(t["value"] for t in seen.values())
 
 
 def bench_optimum(args, base):
@@ -173,51 +348,145 @@ def bench_optimum(args, base):
         except ImportError:
             print("digits: scikit-learn is not importable here: not measured")
             objectives.remove("digits")
-    print(f"\n## best value after {args.trials} trials, median over {args.seeds} seeds (lower is better)\n")
-    print("| objective | dbdict tpe, 4 workers | Optuna TPE, 1 process | random, 4 workers | dbdict tpe wall s |")
-    print("|---|---|---|---|---|")
+    modes = ("real", "sim") if args.mode == "both" else (args.mode,)
     out = {}
-    for objective in objectives:
-        res = {"tpe": [], "optuna": [], "random": [], "tpe_s": []}
-        for seed in range(args.seeds):
-            best, secs = dbdict_search(objective, "tpe", seed, args.trials, 4, base)
-            res["tpe"].append(best)
-            res["tpe_s"].append(secs)
-            res["optuna"].append(optuna_tpe(objective, seed, args.trials)[0])
-            res["random"].append(dbdict_search(objective, "random", seed, args.trials, 4, base)[0])
-        med = {k: statistics.median(v) for k, v in res.items()}
-        out[objective] = res
-        print(f"| {objective} | {med['tpe']:.4g} | {med['optuna']:.4g} | {med['random']:.4g} | {med['tpe_s']:.0f} |",
-              flush=True)
+    for mode in modes:
+        seeds = args.seeds if mode == "real" else args.sim_seeds
+        who = "4 workers" if mode == "real" else "4 simulated workers, 1 process"
+        print(f"\n## best value after {args.trials} trials, median [IQR] over {seeds} seeds (lower is better); "
+              f"dbdict: {'4 real `dbdict work` processes on one tree' if mode == 'real' else 'in one process'}\n")
+        print(f"| objective | dbdict tpe, {who} | Optuna TPE as shipped, 1 process | Optuna TPE, 5 startup, "
+              f"1 process | random, {who} | p: dbdict vs Optuna | p: dbdict vs Optuna 5 startup "
+              f"| p: dbdict vs random | p: Optuna vs random |" + (" dbdict tpe wall s |" if mode == "real" else ""))
+        print("|---|---|---|---|---|---|---|---|---|" + ("---|" if mode == "real" else ""))
+        for objective in (objectives if mode == "real" else args.sim_objectives.split(",")):
+            res = {"tpe": [], "optuna": [], "optuna5": [], "random": [], "tpe_s": []}
+            for seed in range(seeds):
+                if mode == "real":
+                    best, secs = dbdict_search(objective, "tpe", seed, args.trials, 4, base)
+                    res["tpe"].append(best)
+                    res["tpe_s"].append(secs)
+                    res["random"].append(dbdict_search(objective, "random", seed, args.trials, 4, base)[0])
+                else:
+                    res["tpe"].append(simulated_search(objective, "tpe", seed, args.trials, 4))
+                    res["random"].append(simulated_search(objective, "random", seed, args.trials, 4))
+                res["optuna"].append(optuna_tpe(objective, seed, args.trials)[0])
+                res["optuna5"].append(optuna_tpe(objective, seed, args.trials, n_startup_trials=5)[0])
+            out[(mode, objective)] = res
+            ps = [mann_whitney_p(res["tpe"], res[k]) for k in ("optuna", "optuna5", "random")]
+            ps.append(mann_whitney_p(res["optuna"], res["random"]))  # what these seeds can tell apart
+            print(f"| {objective} | {summary(res['tpe'])} | {summary(res['optuna'])} | {summary(res['optuna5'])} "
+                  f"| {summary(res['random'])} | " + " | ".join(p_text(p) for p in ps) + " |"
+                  + (f" {statistics.median(res['tpe_s']):.0f} |" if mode == "real" else ""), flush=True)
+        if args.raw:
+            print("\nper seed:", json.dumps({f"{m}/{o}": {k: [round(v, 5) for v in vs] for k, vs in r.items()}
+                                              for (m, o), r in out.items() if m == mode}))
     return out
 
 
-def bench_prune(args, base):
+def simulated_prune(name, rule, seed, trials, steps, workers, cache):
+    """The prune bench in one process: the same random points, the Pruner a worker uses (on a
+    temporary rungs directory), `workers` simulated workers taking steps of about one time
+    unit and 10 to start a trial. Returns (steps run, best final value, pruned trials)."""
+    import heapq
+    import random
+
+    from dbdict_fs import searches
+
+    _, metric, space, curve_of = CURVES[name]
+    _, dists = searches.split_space(space)
+    definition = {"name": "s", "space": dists, "metric": metric, "maximize": False, "sampler": "random",
+                  "seed": seed, "prune": rule}
+    curves = []
+    for n in range(trials):
+        if (name, seed, n) not in cache:
+            cache[(name, seed, n)] = curve_of(searches.sample(definition, n, []), steps)
+        curves.append(cache[(name, seed, n)])
+    rng = random.Random(seed)
+    sdir = tempfile.mkdtemp(prefix="dbdict-bench-rungs-")
+    try:
+        events, pruners, n_next = [], {}, 0
+        for w in range(min(workers, trials)):
+            heapq.heappush(events, (rng.uniform(0, 1), n_next, 0))
+            n_next += 1
+        run, finals, pruned = 0, [], 0
+        while events:
+            now, n, step = heapq.heappop(events)
+            if n not in pruners:
+                pruners[n] = searches.Pruner(sdir, definition, n) if rule != "none" else None
+            run += 1
+            stop = pruners[n] is not None and pruners[n].decide(step, curves[n][step])
+            pruned += stop
+            if not stop and step + 1 == steps:
+                finals.append(curves[n][-1])
+            if stop or step + 1 == steps:
+                if n_next < trials:
+                    heapq.heappush(events, (now + rng.uniform(5, 15), n_next, 0))
+                    n_next += 1
+            else:
+                heapq.heappush(events, (now + rng.uniform(0.8, 1.2), n, step + 1))
+        return run, min(finals), pruned
+    finally:
+        shutil.rmtree(sdir, ignore_errors=True)
+
+
+def real_prune(name, rule, seed, trials, steps, workers, base):
+    """The prune bench with `workers` real `dbdict work` processes. Returns (steps run, best
+    final value, pruned trials)."""
     from dbdict_fs import history, searches
     from dbdict_fs.index import build_index
 
-    print(f"\n## early stopping: {args.prune_trials} trials x 27 steps, random sampler, 2 workers, "
-          f"median over {args.seeds} seeds\n")
-    print("| prune | steps run (median) | saved vs none | best final value (median) | pruned trials (median) |")
-    print("|---|---|---|---|---|")
-    results = {}
-    for rule in args.rules.split(","):
-        steps, bests, pruned = [], [], []
-        for seed in range(args.seeds):
-            tree = os.path.join(base, f"curve-{rule}-{seed}")
-            searches.search(tree, experiment=f"{HERE}:curve", space={"x1": "uniform(-5,10)", "x2": "uniform(0,15)",
-                                                                      "steps": 27, "step_time": 0.02},
-                            metric="loss", trials=args.prune_trials, seed=seed, prune=rule, name="s")
-            run_workers(tree, 2)
-            rows = build_index(tree).sql('select "dbdict.path" as p, "dbdict.status" as s, final from jobs')
-            steps.append(sum(len(history(r["p"])) for r in rows))
-            bests.append(min(r["final"] for r in rows if r["s"] == "done"))
-            pruned.append(sum(r["s"] == "pruned" for r in rows))
-        results[rule] = (statistics.median(steps), statistics.median(bests), statistics.median(pruned))
-    full = results["none"][0] if "none" in results else float("nan")
-    for rule, (s, b, p) in results.items():
-        print(f"| {rule} | {s:.0f} | {1 - s / full:.0%} | {b:.4g} | {p:.0f} |")
-    return results
+    _, metric, space, _ = CURVES[name]
+    tree = os.path.join(base, f"{name}-{rule}-{seed}")
+    searches.search(tree, experiment=f"{HERE}:{name}", space=dict(space, steps=steps, step_time=0.02),
+                    metric=metric, trials=trials, seed=seed, prune=rule, name="s")
+    run_workers(tree, workers)
+    rows = build_index(tree).sql(f'select "dbdict.path" as p, "dbdict.status" as s, {metric} as v from jobs')
+    assert len(rows) == trials and all(r["s"] in ("done", "pruned") for r in rows), rows
+    return (sum(len(history(r["p"])) for r in rows), min(r["v"] for r in rows if r["s"] == "done"),
+            sum(r["s"] == "pruned" for r in rows))
+
+
+def bench_prune(args, base):
+    modes = ("real", "sim") if args.mode == "both" else (args.mode,)
+    steps = 27
+    out = {}
+    for mode in modes:
+        seeds = args.seeds if mode == "real" else args.sim_seeds
+        for name in args.curves.split(","):
+            if name == "sgd":
+                try:
+                    import sklearn  # noqa: F401
+                except ImportError:
+                    print("sgd: scikit-learn is not importable here: not measured")
+                    continue
+            how = ("2 real workers, 20 ms steps" if mode == "real" else "2 simulated workers, 1 process")
+            print(f"\n## early stopping on `{name}`: {args.prune_trials} trials x {steps} steps, random sampler, "
+                  f"{how}, median [IQR] over {seeds} seeds\n")
+            print("| prune | steps run | saved vs none (of medians) | best final value | seeds keeping the "
+                  "unpruned best | p: best vs none | pruned trials |")
+            print("|---|---|---|---|---|---|---|")
+            results, cache = {}, {}
+            for rule in args.rules.split(","):
+                rows = []
+                for seed in range(seeds):
+                    if mode == "real":
+                        rows.append(real_prune(name, rule, seed, args.prune_trials, steps, 2, base))
+                    else:
+                        rows.append(simulated_prune(name, rule, seed, args.prune_trials, steps, 2, cache))
+                results[rule] = rows
+            out[(mode, name)] = results
+            none = results.get("none")
+            for rule, rows in results.items():
+                run, best, pruned = ([r[i] for r in rows] for i in range(3))
+                saved = 1 - statistics.median(run) / statistics.median([r[0] for r in none]) if none else float("nan")
+                kept = f"{sum(b <= r[1] for b, r in zip(best, none))}/{seeds}" if none else "n/a"
+                p = mann_whitney_p(best, [r[1] for r in none]) if none and rule != "none" else float("nan")
+                print(f"| {rule} | {summary(run, '{:.0f}')} | {saved:.0%} | {summary(best)} | {kept} | {p_text(p)} "
+                      f"| {summary(pruned, '{:.0f}')} |", flush=True)
+            if args.raw:
+                print("\nper seed (steps, best, pruned):", json.dumps({r: v for r, v in results.items()}))
+    return out
 
 
 def bench_ask(args, base):
@@ -390,6 +659,13 @@ def main():
     ap.add_argument("--journal-trials", type=int, default=40)
     ap.add_argument("--objectives", default="branin,hartmann6,digits", help="the optimum bench's objectives")
     ap.add_argument("--rules", default="none,median,asha", help="the --prune rules the prune bench compares")
+    ap.add_argument("--curves", default="curve,sgd", help="the prune bench's learning curves")
+    ap.add_argument("--mode", choices=("real", "sim", "both"), default="both",
+                    help="optimum and prune: real `dbdict work` processes (the headline), one process "
+                         "with simulated workers (more seeds), or both (default)")
+    ap.add_argument("--sim-seeds", type=int, default=30, help="seeds of --mode sim")
+    ap.add_argument("--sim-objectives", default="branin,hartmann6", help="the optimum bench's objectives in sim mode")
+    ap.add_argument("--raw", action="store_true", help="also print every seed's numbers")
     ap.add_argument("--only", choices=("optimum", "prune", "ask", "journal"))
     args = ap.parse_args()
     base = tempfile.mkdtemp(prefix="dbdict-bench-search-")

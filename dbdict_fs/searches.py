@@ -414,7 +414,7 @@ def read_trials(tree, definition):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             value = None
         out.append({"n": book["trial"], "params": params, "status": book["status"], "value": value,
-                    "path": os.path.join(base, entry)})
+                    "pruned_at_step": book.get("pruned_at_step"), "path": os.path.join(base, entry)})
     out.sort(key=lambda t: t["n"])
     return out
 
@@ -491,24 +491,40 @@ def _to_optuna(space, params):
     return out
 
 
-def make_sampler(optuna, kind, seed):
+# TPE as dbdict runs it (DESIGN.md 11.1): multivariate (one joint Parzen estimator, Optuna's
+# own default for one objective, said explicitly so a change of default cannot change a
+# search), the first TPE_STARTUP trial *numbers* random, and running trials handed to Optuna
+# as RUNNING, which its constant liar puts among the bad ones without counting them as results.
+TPE_STARTUP = 5
+
+
+def make_sampler(optuna, kind, seed, n=0):
+    """The sampler that asks for trial `n`, seeded with (seed, n)."""
     if kind == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
+        # Trials 0..TPE_STARTUP-1 are random whatever has finished: the startup counts the
+        # numbers taken (running trials included), so 4 workers make as many random trials as
+        # one process does, not TPE_STARTUP finished ones plus the 3 running meanwhile. After
+        # it, TPE needs one finished trial (until then it is random too).
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
+                                          n_startup_trials=1 if n >= TPE_STARTUP else 2 ** 31)
     if kind == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed)
     return optuna.samplers.GPSampler(seed=seed)
 
 
 def _optuna_point(definition, n, trials):
-    """Ask-and-tell with an in-memory study rebuilt from the tree: finished trials as they
-    ended (failed and pruned count as tried), running ones with the worst value seen so far
-    (the constant liar), so parallel workers do not all ask for the same point."""
+    """Ask-and-tell with an in-memory study rebuilt from the tree, trials added in number
+    order: finished ones as they ended (failed and pruned count as tried), running ones as
+    RUNNING, so parallel workers do not all ask for the same point (TPE's constant liar
+    counts them among the worst; cmaes and gp skip them, with the worst value so far for
+    them instead: the plain constant liar)."""
     optuna = _optuna_import()
     space = definition["space"]
     dists = _distributions(optuna, space)
     maximize = definition["maximize"]
+    kind = definition["sampler"]
     study = optuna.create_study(direction="maximize" if maximize else "minimize",
-                                sampler=make_sampler(optuna, definition["sampler"], _trial_seed(definition, n)))
+                                sampler=make_sampler(optuna, kind, _trial_seed(definition, n), n))
     TS = optuna.trial.TrialState
     values = [t["value"] for t in trials if t["status"] == "done" and t["value"] is not None]
     liar = (min(values) if maximize else max(values)) if values else None
@@ -519,11 +535,14 @@ def _optuna_point(definition, n, trials):
         if t["status"] == "done" and t["value"] is not None:
             frozen = optuna.trial.create_trial(params=params, distributions=dists, value=t["value"])
         elif t["status"] == "pruned":
-            inter = {0: t["value"]} if t["value"] is not None else {}
+            step = t.get("pruned_at_step")
+            inter = {step if isinstance(step, int) else 0: t["value"]} if t["value"] is not None else {}
             frozen = optuna.trial.create_trial(params=params, distributions=dists, state=TS.PRUNED,
                                                intermediate_values=inter)
         elif t["status"] in FINISHED:
             frozen = optuna.trial.create_trial(params=params, distributions=dists, state=TS.FAIL)
+        elif kind == "tpe":
+            frozen = optuna.trial.create_trial(params=params, distributions=dists, state=TS.RUNNING)
         elif liar is not None:
             frozen = optuna.trial.create_trial(params=params, distributions=dists, value=liar)
         else:
@@ -710,7 +729,9 @@ def serve(loop):
 
 # ---------------------------------------------------------------- early stopping
 
-ASHA_ETA = 3  # ASHA's reduction factor: rungs at steps eta**k - 1, the top 1/eta go on
+ASHA_ETA = 3  # ASHA's reduction factor: the top 1/eta of a rung go on
+ASHA_MIN_RESOURCE = 3  # steps a trial runs before its first rung: rungs at steps 3 * eta**k - 1 (2, 8, 26, ...)
+ASHA_MIN_VALUES = 3  # values at a rung (the trial's own included) before anyone is pruned there
 MEDIAN_STARTUP = 5  # values of other trials a step needs before the median rule prunes
 
 
@@ -735,16 +756,25 @@ def pruner_for(held):
 
 
 class Pruner:
-    """Decides from what a trial logs whether it should stop (DESIGN.md 11).
+    """Decides from what a trial logs whether it should stop (DESIGN.md 11, 11.1).
 
     Each reported value of the metric at a decision step is an empty file
     `rungs/<step>/<n>~<value>`; a decision is that create plus one listing of the step's
-    directory (the values every other trial reported there): O(1) operations, never a read
-    of another trial's history. A value reported twice (a resumed trial) counts once.
-    median: prune when the trial's best value so far is worse than the median of the other
-    trials' values at this step (once MEDIAN_STARTUP others reported it); every step decides.
-    asha: at steps eta**k - 1, go on only when in the top 1/eta of the values reported there
-    (with fewer than eta values, only the best goes on), as Optuna's SuccessiveHalvingPruner.
+    directory (the values every trial reported there) and, for asha, one stat: O(1)
+    operations, never a read of another trial's history. A trial that reports twice at a
+    step (a resumed one) counts once, with its best value there.
+
+    median (Optuna's MedianPruner): every step decides; prune when the trial's best value so
+    far is worse than the median of the other trials' values at this step, once
+    MEDIAN_STARTUP others reported it.
+    asha (Optuna's SuccessiveHalvingPruner with min_resource 3, reduction factor 3 and a
+    bootstrap of 3, and one rule of ours): rung k is at step 3 * 3**k - 1 (steps 2, 8, 26,
+    ...); a trial reaches it at its first reported step at or past it (steps may be logged
+    sparsely; one report may pass several rungs) with the value of that step. There it goes
+    on when in the top third of the values reported at the rung; never pruned while fewer
+    than ASHA_MIN_VALUES values are there, nor while no trial has reached the next rung
+    (nobody has gone past this one, so a rung at a search's last step never prunes: that
+    would save nothing and only hide a finished trial's result).
     """
 
     def __init__(self, sdir, definition, n):
@@ -752,6 +782,7 @@ class Pruner:
         self.metric, self.rule = definition["metric"], definition["prune"]
         self.sign = -1.0 if definition.get("maximize") else 1.0  # decide as if minimising
         self.best = None
+        self.rung = 0  # asha: the next rung this trial has to pass
 
     def observe(self, points):
         """The step at which the trial should be pruned, or None to go on."""
@@ -765,48 +796,63 @@ class Pruner:
         return None
 
     def decide(self, step, value):
+        """Whether to prune after the trial reported `value` (minimised) at `step`."""
         self.best = value if self.best is None else min(self.best, value)
-        if self.rule == "asha" and not _is_rung(step + 1):
-            return False
-        others = self._report(step, value)
-        if others is None:
-            return False
         if self.rule == "median":
-            if len(others) < MEDIAN_STARTUP:
+            others = self._report(step, value)
+            if others is None or len(others) < MEDIAN_STARTUP:
                 return False
-            ordered = sorted(others)
+            ordered = sorted(others.values())
             mid = len(ordered) // 2
             median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
             return self.best > median
-        competing = sorted(others + [value])
-        keep = max(len(competing) // ASHA_ETA - 1, 0)
-        return value > competing[keep]
+        while step >= asha_rung_step(self.rung):
+            rung_step = asha_rung_step(self.rung)
+            self.rung += 1
+            others = self._report(rung_step, value)
+            if others is None:
+                return False
+            mine = min(value, others.pop(self.n, value))  # reported here before a resume: its best
+            competing = sorted(list(others.values()) + [mine])
+            if len(competing) < ASHA_MIN_VALUES:
+                continue
+            if not os.path.isdir(os.path.join(self.sdir, RUNGS, str(asha_rung_step(self.rung)))):
+                continue  # nobody has reached the next rung: nobody has gone past this one
+            keep = max(len(competing) // ASHA_ETA - 1, 0)
+            if mine > competing[keep]:
+                return True
+        return False
 
     def _report(self, step, value):
-        """Record our value at `step`; the others' values there (one listing), or None."""
+        """Record our value at `step`; {trial: its best value there} of the trials that
+        reported at `step`, ours left out unless reported before (one listing), or None."""
         rdir = os.path.join(self.sdir, RUNGS, str(step))
+        mine = f"{self.n}~{self.sign * value!r}"
         try:
             os.makedirs(rdir, exist_ok=True)
-            open(os.path.join(rdir, f"{self.n}~{self.sign * value!r}"), "ab").close()
+            open(os.path.join(rdir, mine), "ab").close()
             names = os.listdir(rdir)
         except OSError:
             return None  # a hint that cannot be written: the trial goes on
         seen = {}
         for name in names:
+            if name == mine:
+                continue
             who, _, text = name.partition("~")
             try:
                 who, v = int(who), self.sign * float(text)
             except ValueError:
                 continue
-            if who != self.n and math.isfinite(v):
-                seen[who] = v
-        return list(seen.values())
+            if math.isfinite(v):
+                seen[who] = min(v, seen.get(who, v))
+        if self.rule == "median":
+            seen.pop(self.n, None)
+        return seen
 
 
-def _is_rung(resource):
-    while resource % ASHA_ETA == 0:
-        resource //= ASHA_ETA
-    return resource == 1
+def asha_rung_step(k):
+    """The step of ASHA's rung k: a trial has run ASHA_MIN_RESOURCE * eta**k steps there."""
+    return ASHA_MIN_RESOURCE * ASHA_ETA ** k - 1
 
 
 # ---------------------------------------------------------------- status

@@ -406,7 +406,7 @@ def test_asha_prunes_trials_which_end_pruned_and_stay_final_until_requeued(tree)
     assert pruned and done and len(pruned) + len(done) == 12
     for n in pruned:
         path, state = trials[n]
-        assert state["stopped"] == "prune" and state["dbdict"]["pruned_at_step"] in (0, 2, 8, 26)
+        assert state["stopped"] == "prune" and state["dbdict"]["pruned_at_step"] in (2, 8)  # not 26: the last
         steps = [row[1] for row in __import__("dbdict_fs").history(path)]
         assert steps and max(steps) >= state["dbdict"]["pruned_at_step"]  # its curve is kept
     again = run_cli("work", tree)  # final: never retried
@@ -424,12 +424,14 @@ def test_a_trial_that_ignores_prune_is_stopped_after_grace(tree):
     r = run_cli("search", tree, "-e", f"{EXP}:curve_ignoring_prune", "x=uniform(-1,1)", "--metric", "loss",
                 "--trials", 3, "--prune", "asha", "--name", "g")
     assert r.returncode == 0, r.stderr
-    # trial 0 reports a good value first, so the next ones are worse at the first rung
-    searches.Pruner(searches.search_dir(tree, "g"), searches.read_definition(tree, "g"), 99).decide(0, 1.0)
+    # two trials report good values first, up to the second rung (one report at step 8 passes
+    # both), so the next one is the worst of three at the first rung, which others went past
+    for n in (98, 99):
+        searches.Pruner(searches.search_dir(tree, "g"), searches.read_definition(tree, "g"), n).decide(8, 1.0)
     w = run_cli("work", tree, "-q", "--max-jobs", 1, "--grace", 1)
     assert w.returncode == 0, w.stderr
     (path, state), = trials_of(tree, "g")[0].values()
-    assert state["dbdict"]["status"] == "pruned" and state["dbdict"]["pruned_at_step"] == 0
+    assert state["dbdict"]["status"] == "pruned" and state["dbdict"]["pruned_at_step"] == 2
     assert "did not stop within --grace" in (state["dbdict"].get("error") or "")
 
 
@@ -438,17 +440,73 @@ def test_a_trial_that_ignores_prune_is_stopped_after_grace(tree):
     ("median", False, [1, 2, 3, 4, 5], 2, False),
     ("median", False, [1, 2, 3, 4, 5], 4, True),
     ("median", True, [1, 2, 3, 4, 5], 4, False),
-    ("asha", False, [1, 2, 3, 4, 5], 1.5, False),   # 6 values: the top 2 go on
+    # asha: a trial that reported 3 at step 8 is at the rung too (it went past it)
+    ("asha", False, [1, 2, 3, 4, 5], 1.5, False),   # 7 values: the top 2 go on
     ("asha", False, [1, 2, 3, 4, 5], 2.5, True),
-    ("asha", False, [], 7, False),                  # alone at the rung: it is the best
+    ("asha", True, [1, 2, 3, 4, 5], 4.5, False),
+    ("asha", False, [2, 3], 7, True),               # 4 values: only the best goes on
+    ("asha", False, [2], 7, True),                  # 3 values: the fewest that decide
+    ("asha", False, [], 7, False),                  # 2 values: too few to prune anyone
 ])
 def test_pruning_rules(tmp_path, rule, maximize, values, mine, prunes):
     d = {"metric": "loss", "prune": rule, "maximize": maximize}
+    if rule == "asha":  # someone went past step 2 (a report at step 8 passes rung 2 too)
+        searches.Pruner(str(tmp_path), d, 99).decide(8, -3 if maximize else 3)
     for n, v in enumerate(values):
         assert not searches.Pruner(str(tmp_path), d, n).decide(2, -v if maximize else v) or True
     p = searches.Pruner(str(tmp_path), d, 50)
     assert p.decide(2, -mine if maximize else mine) is prunes
-    assert len(os.listdir(tmp_path / "rungs" / "2")) == len(values) + 1
+    assert len(os.listdir(tmp_path / "rungs" / "2")) == len(values) + 1 + (rule == "asha")
+
+
+def test_asha_rungs_steps_reached_sparsely_and_no_pruning_at_a_rung_nobody_went_past(tmp_path):
+    d = {"metric": "loss", "prune": "asha", "maximize": False}
+    assert [searches.asha_rung_step(k) for k in range(4)] == [2, 8, 26, 80]
+    rungs = tmp_path / "rungs"
+
+    def pruner(n):
+        return searches.Pruner(str(tmp_path), d, n)
+
+    for n in range(3):  # steps 0, 1 never decide; a report at step 10 passes rungs 2 and 8 with its value
+        p = pruner(n)
+        assert not p.decide(0, 0.1) and not p.decide(1, 0.1)
+        assert n > 0 or not os.path.exists(rungs)
+        assert not p.decide(10, 0.1)
+    assert sorted(os.listdir(rungs)) == ["2", "8"] and len(os.listdir(rungs / "8")) == 3
+    assert pruner(3).decide(8, 5.0)  # its first report past step 2: the worst of 4 at rung 2, pruned there
+    assert "3~5.0" in os.listdir(rungs / "2") and "3~5.0" not in os.listdir(rungs / "8")
+    late = pruner(4)
+    assert not late.decide(2, 0.1)
+    assert not late.decide(8, 5.0)  # the worst of 4 at rung 8, but nobody has reached rung 26 yet
+    for n in (5, 6):
+        assert not pruner(n).decide(26, 0.1)
+    again = pruner(7)
+    assert not again.decide(2, 0.1)
+    assert again.decide(8, 5.0)  # the same value, now that trials went past rung 8
+    top = pruner(8)
+    assert not top.decide(2, 0.1) and not top.decide(8, 0.1)
+    assert not top.decide(26, 9.0)  # the worst of 3 at rung 26, the last step: nobody went past it
+    resumed = pruner(0)  # trial 0 resumed, reporting again at rung 2: counted once, with its best
+    assert not resumed.decide(2, 0.05)
+    assert {"0~0.1", "0~0.05"} <= set(os.listdir(rungs / "2"))
+
+
+def test_asha_never_prunes_a_trial_at_a_rung_with_fewer_than_three_values(tree):
+    """Two trials one after the other: trial 1 starts worse than trial 0 and ends better. The
+    eager rule (Optuna's, with no bootstrap: of two values only the best goes on) pruned it at
+    its first rung; with fewer than three values at a rung nobody is pruned."""
+    r = run_cli("search", tree, "-e", f"{EXP}:crossing", "x={0,1}", "steps=27", "--metric", "loss",
+                "--trials", 2, "--sampler", "grid", "--prune", "asha", "--name", "c")
+    assert r.returncode == 0, r.stderr
+    w = run_cli("work", tree, "-q")
+    assert w.returncode == 0, w.stderr
+    trials, seen = trials_of(tree, "c")
+    assert seen == [0, 1]
+    assert [trials[n][1]["x"] for n in (0, 1)] == [0, 1]
+    assert [trials[n][1]["dbdict"]["status"] for n in (0, 1)] == ["done", "done"]
+    assert trials[1][1]["loss"] < trials[0][1]["loss"]
+    best = json.loads(run_cli("status", tree, "--format", "json").stdout)["searches"][0]["best"]
+    assert best["path"] == trials[1][0]
 
 
 def test_query_status_and_a_random_search_never_import_optuna(tree):

@@ -56,3 +56,17 @@ def curve_ignoring_prune(state, channel):
     channel.flush()
     time.sleep(state.get("sleep", 60))
     return COMPLETE
+
+
+def crossing(state, channel):
+    """A curve that starts worse and ends better when x == 1: loss = (1 + x) / (step + 1) +
+    0.5 - 0.4 x. Logs each step; returns on 'prune'; writes the last loss."""
+    x = state.x
+    for step in range(int(state.get("steps", 27))):
+        loss = (1 + x) / (step + 1) + 0.5 - 0.4 * x
+        channel.log(step, loss=loss)
+        if channel() == "prune":
+            state.stopped = "prune"
+            return COMPLETE
+    state.loss = loss
+    return COMPLETE
