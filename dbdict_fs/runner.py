@@ -629,14 +629,18 @@ class _Attempt:
             if self.signals.fd in ready:
                 self.signals.drain()
             self._on_signals()
-            if self.child.result_fd in ready or self.child.exited():
-                # exited(): the experiment may be dead while a process it forked keeps
-                # the pipe open, so its end is also noticed by polling, not only by EOF.
+            # exited(): the experiment may be dead while a process it forked keeps the pipe
+            # open, so its end is also noticed by polling, not only by EOF. Asked before the
+            # read: once every process of the attempt is gone, all they wrote is in the pipe
+            # and the read below gets it. Asked after, it could see an exit that came while
+            # the read returned, with the last part of a large result still unread.
+            exited = self.child.exited()
+            if self.child.result_fd in ready or exited:
                 for msg in self.child.read_messages():
                     self._on_message(msg)
                 if self.held.lost is not None:
                     return self._lost()  # e.g. a save found a newer claim: stop at once
-                if self.final is not None or self.child.eof or self.child.exited():
+                if self.final is not None or self.child.eof or exited:
                     return self._finish()
             if self._heartbeat():
                 return self._lost()
