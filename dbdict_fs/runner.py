@@ -327,7 +327,8 @@ def _start_shepherd(cwd, stdio, env, fence_after, zygote=None, fork_here=False):
 
 def _spawn_child(cwd, out, err, env_extra, fence_after, preload=None, warn=None, fork_here=False):
     """Start the attempt's shepherd and experiment (see _start_shepherd); unless `preload` is
-    None, from this worker's zygote for those modules ("": the default one) when it can.
+    None, from this worker's zygote for those modules ("": the default one) when it can,
+    else forked from this process with `fork_here` (run_job: never with `preload`).
     Returns (handle, control, result_fd, shepherd_fd, experiment pid); OSError when the
     experiment could not be started."""
     env = _child_env(env_extra)
@@ -340,7 +341,7 @@ def _spawn_child(cwd, out, err, env_extra, fence_after, preload=None, warn=None,
                                       zygote.for_worker(preload, _child_env({}), warn or _say))
             if started is not None:
                 return started
-        started = _start_shepherd(cwd, stdio, env, fence_after, fork_here=fork_here and preload is None)
+        started = _start_shepherd(cwd, stdio, env, fence_after, fork_here=fork_here)
     if started is None:
         raise OSError(errno.ECHILD, "the experiment's shepherd did not start it")
     return started
@@ -468,10 +469,11 @@ def run_job(jobdir, fork_here=False, **options):
     jobdir = os.fspath(jobdir)
     if not os.path.isdir(jobdir):
         raise JobNotFound(jobdir, "no such directory")
-    with StopSignals() as signals, _preloaded(opts.zygote("one"), signals, meanwhile=lambda: check_job(jobdir)):
+    modules = opts.zygote("one")
+    with StopSignals() as signals, _preloaded(modules, signals, meanwhile=lambda: check_job(jobdir)):
         held = booking.claim(jobdir, lease=opts.lease, heartbeat=opts.heartbeat, wait=False)
-        return run_claimed(held, opts, signals, opts.zygote("one"),
-                           fork_here=fork_here and opts.zygote("one") is None and not opts.fresh_interpreter)
+        return run_claimed(held, opts, signals, modules,
+                           fork_here=fork_here and modules is None and not opts.fresh_interpreter)
 
 
 def check_job(jobdir, state=None):
